@@ -1,0 +1,62 @@
+"""The data that crosses from the core to a backend: plain numpy, no framework types."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+IGNORE_INDEX = -100  # label value for tokens that carry no loss (prompt, padding), as in HF
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    """One example after tokenisation. ``loss_mask[i]`` is True when token i is a target
+    (an assistant/completion token); token 0 is never a target."""
+
+    input_ids: np.ndarray  # int32 [T]
+    loss_mask: np.ndarray  # bool  [T]
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.loss_mask[1:].sum())
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded micro-batch, Hugging Face conventions: labels are *not* shifted; the loss at
+    position i predicts labels[i] from tokens < i, so targets are ``labels[:, 1:] != -100``.
+    Padding is on the right. Rows added to fill the last micro-batch have no targets."""
+
+    input_ids: np.ndarray  # int32 [B, T]
+    attention_mask: np.ndarray  # int32 [B, T], 1 = real token
+    labels: np.ndarray  # int32 [B, T], IGNORE_INDEX where no loss
+
+    @property
+    def n_targets(self) -> int:
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+@dataclass(frozen=True)
+class MicroStep:
+    """One forward/backward the core asks a backend to run.
+
+    The backend adds ``weight * sum(token cross-entropy over targets)`` to the gradient
+    accumulator, so that summed over the window the gradient is that of the token mean over the
+    whole accumulation window (``weight = 1 / targets in the window``). When ``apply_update``
+    is True this is the window's last micro-batch: apply the optimizer with learning rate ``lr``
+    and zero the accumulator. ``step`` is the optimizer step this micro-batch belongs to
+    (0-based) and ``micro`` its index inside the window; with the run seed they give a
+    stateless dropout key, so resume replays identical randomness.
+    """
+
+    batch: Batch
+    weight: float
+    apply_update: bool
+    lr: float
+    step: int
+    micro: int
+    window_size: int  # micro-batches in this window (the last window of an epoch may be shorter)

@@ -1,0 +1,214 @@
+"""The hyperparameter schema: seed names and defaults are the public contract.
+
+Sources, later wins: defaults < config file (YAML or TOML) < environment (LORASWITCH_<KEY>) <
+CLI flags named exactly as the keys (``--lora_alpha 32``).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class Config(BaseModel):
+    """Every key a run accepts. Descriptions feed the README table and ``loraswitch config``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    # --- seed hyperparameters (names and defaults from seed-hyperparameters.md)
+    lora_alpha: float = Field(64, gt=0, description="LoRA alpha; the update is scaled by lora_alpha / lora_r (or / sqrt(lora_r) with use_rslora).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input, in [0, 1).")
+    batch_size: int = Field(4, gt=0, description="Examples per micro-batch (global, over all devices).")
+    accumulation_steps: int = Field(4, gt=0, description="Micro-batches per optimizer step; a step sees batch_size x accumulation_steps examples.")
+    n_steps: int = Field(500, gt=0, description="Stop after this many optimizer steps.")
+    n_epochs: int = Field(500, gt=0, description="Stop after this many passes over the training split.")
+    learning_rate_multiplier: float = Field(2.5e-5, gt=0, description="Peak learning rate: lr(t) = learning_rate_multiplier x shape(t).")
+    training_split: float = Field(0.8, gt=0, lt=1, description="Fraction of the data that trains after one seeded shuffle; the rest validates.")
+    stop_eval_loss: float = Field(0.01, ge=0, description="Stop when the eval loss drops below this.")
+
+    # --- what a real run needs
+    lora_r: int = Field(16, gt=0, description="LoRA rank.")
+    lora_target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1,
+                                           description="Linear layers that get LoRA, by module name.")
+    use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by lora_alpha / sqrt(lora_r).")
+    max_seq_len: int = Field(1024, gt=1, description="Examples longer than this are truncated (and counted).")
+    packing: bool = Field(False, description="Pack several examples into each max_seq_len row instead of padding.")
+    seed: int = Field(0, ge=0, description="Seeds the split, the data order, LoRA init and dropout.")
+    eval_every: int = Field(50, gt=0, description="Evaluate on the validation split every this many steps (and at the end).")
+    save_every: int = Field(100, gt=0, description="Write a resumable checkpoint every this many steps (and at the end).")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Shape of the learning rate: constant, or linear/cosine decay to 0 at n_steps after warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to the peak over this many steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay on the LoRA weights.")
+    max_grad_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm to this (off when null).")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU/TPU, fp32 on CPU.")
+    compile: Literal["auto", "true", "false"] = Field("auto", description="torch backend: torch.compile the step (auto: on CUDA only).")
+    mesh: dict[str, int] | None = Field(None, description="Device mesh, e.g. {data: 2, fsdp: 2} (jax); null: all devices data-parallel.")
+    backend: str = Field("torch", description="Training backend: torch, jax, or one a plugin registers (`loraswitch backends`).")
+    model: str = Field("builtin:smollm2-135m", description="A local Hugging Face directory, builtin:smollm2-135m, or random:<shape>.")
+    data: str | None = Field(None, description="Training data, JSONL (messages, prompt/completion or text).")
+    validation_data: str | None = Field(None, description="Separate validation JSONL; when set, all of data trains.")
+    output_dir: str = Field("runs/run", description="The run directory.")
+    log_every: int = Field(1, gt=0, description="Progress/metrics line every this many steps.")
+    eval_batches: int | None = Field(None, gt=0, description="Cap the number of validation micro-batches per eval (null: all).")
+
+    @field_validator("lora_target_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [m.strip() for m in v.split(",") if m.strip()]
+        return v
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_bool(cls, v: Any) -> Any:
+        return str(v).lower() if isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _limits(self) -> "Config":
+        if self.warmup_steps > self.n_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed n_steps ({self.n_steps})")
+        return self
+
+
+KEYS = list(Config.model_fields)
+
+
+def defaults() -> dict[str, Any]:
+    return Config().model_dump()
+
+
+def _nearest(key: str) -> str:
+    close = difflib.get_close_matches(key, KEYS, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) config file into a dict; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: config file is not UTF-8 text (byte {e.start})") from e
+    if p.suffix == ".toml":
+        import tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{p}: invalid TOML: {e}") from e
+    else:
+        import yaml
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise UserError(f"{p}{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: a config file must be a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def _parse_scalar(text: str) -> Any:
+    """A value from the environment or the command line: JSON/YAML scalars, lists or plain strings."""
+    import yaml
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    environ = os.environ if environ is None else environ
+    out = {}
+    for key in KEYS:
+        name = f"LORASWITCH_{key.upper()}"
+        if name in environ:
+            out[key] = _parse_scalar(environ[name])
+    return out
+
+
+def parse_cli_overrides(args: list[str]) -> dict[str, Any]:
+    """``--key value`` or ``--key=value`` pairs, named exactly as the schema keys."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise UserError(f"unexpected argument {arg!r}; overrides are --KEY VALUE")
+        key, eq, value = arg[2:].partition("=")
+        if key not in KEYS:
+            raise UserError(f"unknown option --{key}{_nearest(key)}")
+        if not eq:
+            if i + 1 >= len(args):
+                raise UserError(f"--{key} needs a value")
+            value = args[i + 1]
+            i += 1
+        out[key] = _parse_scalar(value)
+        i += 1
+    return out
+
+
+def _check_keys(values: dict[str, Any], origin: str) -> None:
+    for key in values:
+        if key not in KEYS:
+            raise UserError(f"{origin}: unknown key {key!r}{_nearest(str(key))}")
+
+
+def validate(values: dict[str, Any], origin: str = "config") -> Config:
+    """Build a Config, turning the first pydantic error into one line naming key, value and rule."""
+    _check_keys(values, origin)
+    try:
+        return Config(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["loc"]:
+            raise UserError(f"{origin}: {key} = {err.get('input')!r}: {msg}") from None
+        raise UserError(f"{origin}: {msg}") from None
+
+
+def resolve(config_file: str | Path | None = None, cli: dict[str, Any] | None = None,
+            environ: dict[str, str] | None = None) -> Config:
+    """Merge the sources in order (defaults < file < environment < CLI) and validate."""
+    values: dict[str, Any] = {}
+    origin = "config"
+    if config_file is not None:
+        file_values = read_config_file(config_file)
+        _check_keys(file_values, str(config_file))
+        values.update(file_values)
+        origin = str(config_file)
+    env = env_overrides(environ)
+    values.update(env)
+    values.update(cli or {})
+    config = validate(values, origin)
+    if config_file is not None:
+        _resolve_paths_relative_to(config, Path(config_file).parent, file_values)
+    return config
+
+
+def _resolve_paths_relative_to(config: Config, base: Path, file_values: dict[str, Any]) -> None:
+    """Data paths written in a config file are relative to that file, as users expect."""
+    for key in ("data", "validation_data"):
+        value = getattr(config, key)
+        if value and key in file_values and value == file_values[key] and not Path(value).is_absolute():
+            candidate = base / value
+            if candidate.exists() or not Path(value).exists():
+                setattr(config, key, str(candidate))
+
+
+def to_json(config: Config) -> str:
+    return json.dumps(config.model_dump(), indent=2)

@@ -1,0 +1,160 @@
+"""Plugin loading: built-ins and third-party plugins take the same path.
+
+``LORASWITCH_PLUGINS=name1,name2`` limits which entry-point plugins load (empty string: none);
+``LORASWITCH_TRACE_HOOKS=1`` prints every hook call.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .errors import UserError
+
+DEFAULT_PLUGINS = (
+    "loraswitch.core.sources",
+    "loraswitch.backends.torch_peft",
+    "loraswitch.backends.jax_flax",
+    "loraswitch.plugins.metrics_file",
+    "loraswitch.plugins.progress",
+    "loraswitch.plugins.loss_plot",
+)
+
+_pm: pluggy.PluginManager | None = None
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    factory: Callable[[], Any]
+    plugin: str
+    requires: tuple[str, ...] = ()
+    extra: str | None = None
+    description: str = ""
+
+    @property
+    def missing(self) -> list[str]:
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+    @property
+    def install_hint(self) -> str:
+        return f"pip install 'loraswitch[{self.extra}]'" if self.extra else "pip install " + " ".join(self.missing)
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    global _pm
+    if _pm is not None:
+        return _pm
+    pm = pluggy.PluginManager("loraswitch")
+    pm.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    _load_entry_points(pm)
+    if os.environ.get("LORASWITCH_TRACE_HOOKS"):
+        pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
+        pm.enable_tracing()
+    _pm = pm
+    return pm
+
+
+def reset_plugin_manager() -> None:
+    """Forget the loaded plugins (tests register their own)."""
+    global _pm
+    _pm = None
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    allow = os.environ.get("LORASWITCH_PLUGINS")
+    allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
+    for ep in importlib.metadata.entry_points(group="loraswitch"):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as e:  # a broken third-party plugin must not take the CLI down silently
+            raise UserError(f'plugin "{ep.name}" ({ep.value}) failed to import: {type(e).__name__}: {e}') from e
+        pm.register(plugin, name=ep.name)
+
+
+def plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
+    return pm.get_name(plugin) or repr(plugin)
+
+
+def get_plugins() -> list[dict[str, Any]]:
+    """Name, version and hooks of every registered plugin (for ``loraswitch plugins``)."""
+    pm = get_plugin_manager()
+    dist_of = {id(p): d for p, d in pm.list_plugin_distinfo()}
+    out = []
+    for plugin in pm.get_plugins():
+        dist = dist_of.get(id(plugin))
+        out.append({
+            "name": pm.get_name(plugin),
+            "version": dist.version if dist else None,
+            "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or []),
+        })
+    return sorted(out, key=lambda p: p["name"])
+
+
+def call_hook(name: str, **kwargs: Any) -> list[Any]:
+    """Call hook ``name``; an exception inside a plugin is re-raised naming the plugin."""
+    pm = get_plugin_manager()
+    caller = getattr(pm.hook, name)
+    results = []
+    # Call implementations one by one so a failure can be attributed to its plugin.
+    for impl in reversed(caller.get_hookimpls()):
+        try:
+            res = impl.function(**{a: kwargs[a] for a in impl.argnames})
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f'plugin "{impl.plugin_name}" raised in hook {name}: {type(e).__name__}: {e}') from e
+        if res is not None:
+            results.append(res)
+            if caller.spec and caller.spec.opts.get("firstresult"):
+                break
+    return results
+
+
+def get_backends() -> dict[str, BackendInfo]:
+    """All registered backends by name. Registering one name twice is an error naming both."""
+    backends: dict[str, BackendInfo] = {}
+    pm = get_plugin_manager()
+    for impl in reversed(pm.hook.register_backends.get_hookimpls()):
+        def register(name: str, factory: Callable[[], Any], *, requires=(), extra=None, description="",
+                     _plugin=impl.plugin_name) -> None:
+            if name in backends:
+                raise UserError(f'backend "{name}" is registered by both plugin "{backends[name].plugin}" '
+                                f'and plugin "{_plugin}"; uninstall one of them or limit plugins with LORASWITCH_PLUGINS')
+            backends[name] = BackendInfo(name, factory, _plugin, tuple(requires), extra, description)
+        try:
+            impl.function(register=register)
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f'plugin "{impl.plugin_name}" raised in hook register_backends: {type(e).__name__}: {e}') from e
+    return backends
+
+
+def create_backend(name: str) -> Any:
+    """Instantiate backend ``name``, with a clear error when it is unknown or its framework is missing."""
+    backends = get_backends()
+    if name not in backends:
+        known = ", ".join(sorted(backends)) or "none"
+        raise UserError(f"backend: unknown backend {name!r}; known backends: {known}")
+    info = backends[name]
+    if info.missing:
+        raise UserError(f"backend: {name!r} needs {', '.join(info.missing)}, which is not installed; "
+                        f"install it with: {info.install_hint}")
+    try:
+        return info.factory()
+    except ImportError as e:
+        raise UserError(f"backend: {name!r} failed to import its framework ({e}); install it with: {info.install_hint}") from e
