@@ -28,6 +28,7 @@ DEFAULT_PLUGINS = (
 )
 
 _pm: pluggy.PluginManager | None = None
+_versions: dict[str, str | None] = {}  # entry-point plugin name -> its distribution's version
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,6 @@ def get_plugin_manager() -> pluggy.PluginManager:
     for name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(name), name=name)
     _load_entry_points(pm)
-    if os.environ.get("LORASWITCH_TRACE_HOOKS"):
-        pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
-        pm.enable_tracing()
     _pm = pm
     return pm
 
@@ -83,6 +81,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         except Exception as e:  # a broken third-party plugin must not take the CLI down silently
             raise UserError(f'plugin "{ep.name}" ({ep.value}) failed to import: {type(e).__name__}: {e}') from e
         pm.register(plugin, name=ep.name)
+        _versions[ep.name] = ep.dist.version if ep.dist else None
 
 
 def plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
@@ -92,13 +91,12 @@ def plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
 def get_plugins() -> list[dict[str, Any]]:
     """Name, version and hooks of every registered plugin (for ``loraswitch plugins``)."""
     pm = get_plugin_manager()
-    dist_of = {id(p): d for p, d in pm.list_plugin_distinfo()}
     out = []
     for plugin in pm.get_plugins():
-        dist = dist_of.get(id(plugin))
+        name = pm.get_name(plugin)
         out.append({
-            "name": pm.get_name(plugin),
-            "version": dist.version if dist else None,
+            "name": name,
+            "version": _versions.get(name),
             "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or []),
         })
     return sorted(out, key=lambda p: p["name"])
@@ -109,8 +107,11 @@ def call_hook(name: str, **kwargs: Any) -> list[Any]:
     pm = get_plugin_manager()
     caller = getattr(pm.hook, name)
     results = []
+    trace = bool(os.environ.get("LORASWITCH_TRACE_HOOKS"))
     # Call implementations one by one so a failure can be attributed to its plugin.
     for impl in reversed(caller.get_hookimpls()):
+        if trace:
+            print(f"hook {name} -> plugin {impl.plugin_name}", file=sys.stderr)
         try:
             res = impl.function(**{a: kwargs[a] for a in impl.argnames})
         except UserError:

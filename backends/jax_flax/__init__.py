@@ -1,0 +1,18 @@
+"""The ``jax`` backend plugin: a hand-written Flax NNX Llama with LoRA and optax.MultiSteps.
+
+Registered through the same hook as third-party backends. Nothing here imports jax: the
+factory imports the backend module only once ``--backend jax`` is chosen.
+"""
+from loraswitch.core import hookimpl
+
+
+def _create():
+    from .backend import JaxBackend
+
+    return JaxBackend()
+
+
+@hookimpl
+def register_backends(register):
+    register("jax", _create, requires=("jax", "flax", "optax"), extra="jax",
+             description="Flax NNX Llama + hand-written LoRA, optax.MultiSteps; bf16 + cuDNN attention on GPU")

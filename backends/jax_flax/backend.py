@@ -1,0 +1,289 @@
+"""The ``jax`` backend: a hand-written Flax NNX Llama with LoRA, trained by a functional jitted step.
+
+Flax's performance guide: ``nnx.jit`` walks the object graph in Python on every call. So the
+model is split once, at load, into a graph definition and two states — the LoRA arrays
+(``nnx.LoRAParam``, trained) and everything else (frozen) — and the hot loop calls plain
+``jax.jit`` functions over those states. The micro-step donates the LoRA and optimizer buffers,
+returns the loss as a device scalar (the engine converts it once per window) and derives its
+dropout key from (seed, step, micro), so a resumed run replays identical randomness.
+
+Try it: ``loraswitch train --backend jax --model random:tiny --data examples/...jsonl``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from loraswitch.core.errors import UserError
+
+from . import adapter as peft_format
+from . import optimizer
+from .lora import init_lora_a, lora_scaling
+from .model import Llama
+from .options import choose_options
+from .spec import LINEAR_PARENT, spec_from_config
+from .trees import named_leaves, replace_leaves
+from .weights import load_weights, random_weights
+
+if TYPE_CHECKING:
+    from loraswitch.core.batch import Batch, MicroStep
+    from loraswitch.core.config import Config
+    from loraswitch.core.model_source import ModelSource
+
+_GENERATE_BUCKET = 64  # prompt and cache lengths are rounded up to this, so generate compiles rarely
+
+
+def resolve_targets(modules: list[str]) -> list[str]:
+    if modules == ["all-linear"]:
+        return sorted(LINEAR_PARENT)
+    unknown = [m for m in modules if m not in LINEAR_PARENT]
+    if unknown:
+        raise UserError(f"lora_target_modules: {unknown} are not linear layers of a Llama block; "
+                        f"choose from {', '.join(LINEAR_PARENT)} (or all-linear)")
+    return sorted(set(modules))
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def sample_token(logits: jax.Array, key: jax.Array, temperature, top_p) -> jax.Array:
+    """Greedy when temperature is 0, else nucleus sampling at ``temperature`` and ``top_p``."""
+    greedy = jnp.argmax(logits)
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    order = jnp.argsort(-scaled)
+    ranked = scaled[order]
+    probs = jax.nn.softmax(ranked)
+    keep = (jnp.cumsum(probs) - probs) < top_p  # the most likely token is always kept
+    choice = jax.random.categorical(key, jnp.where(keep, ranked, -jnp.inf))
+    return jnp.where(temperature > 0, order[choice], greedy)
+
+
+class JaxBackend:
+    name = "jax"
+
+    def __init__(self) -> None:
+        self._loaded = False
+        self.opt_state = None
+
+    # ------------------------------------------------------------------ load
+
+    def load(self, model: ModelSource, config: Config, *, train: bool = True) -> None:
+        self.source, self.config = model, config
+        self.spec = spec_from_config(model.config, model.path / "config.json")
+        self.device = jax.devices()[0]
+        self.options = choose_options(self.device.platform, config.precision)
+        self.targets = resolve_targets(list(config.lora_target_modules))
+        self.rank = config.lora_r
+        dtype = jnp.dtype(self.options.dtype)
+        weights = (random_weights(self.spec, dtype, model.init_seed) if model.random_init
+                   else load_weights(model.path, self.spec, dtype))
+        module = Llama(self.spec, self.options, weights, self._init_lora(config.seed),
+                       scaling=lora_scaling(config.lora_alpha, config.lora_r, config.use_rslora),
+                       dropout_rate=config.lora_dropout)
+        self.graphdef, self.lora, self.frozen = nnx.split(module, nnx.LoRAParam, ...)
+        del module, weights
+        self.inner_tx = optimizer.inner_optimizer(config.weight_decay, config.max_grad_norm)
+        self._build_functions()
+        self.opt_state = optimizer.accumulate(self.inner_tx, 1).init(self.lora) if train else None
+        self._next_micro = 0
+        self._loaded = True
+
+    def _init_lora(self, seed: int) -> dict[str, tuple[jax.Array, jax.Array]]:
+        """peft's init: A uniform(+-1/sqrt(in)), B zero, so training starts from the base model."""
+        root = jax.random.fold_in(jax.random.PRNGKey(seed), 0x10A)
+        out = {}
+        for i, (name, (n_in, n_out)) in enumerate(self.spec.linear_dims().items()):
+            if name in self.targets:
+                L = self.spec.num_layers
+                out[name] = (init_lora_a(jax.random.fold_in(root, i), (L, n_in, self.rank)),
+                             jnp.zeros((L, self.rank, n_out), jnp.float32))
+        return out
+
+    def _build_functions(self) -> None:
+        graphdef, inner_tx = self.graphdef, self.inner_tx
+        seed, prng, rate = self.config.seed, self.options.prng, self.config.lora_dropout
+
+        def micro_step(lora, opt_state, frozen, input_ids, attention_mask, labels, weight, lr, window, step, micro):
+            key = None
+            if rate > 0:
+                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed, impl=prng), step), micro)
+
+            def weighted_loss(lora):
+                model = nnx.merge(graphdef, lora, frozen)
+                return model.loss_sum(input_ids, attention_mask, labels, dropout_key=key) * weight
+
+            loss, grads = jax.value_and_grad(weighted_loss)(lora)
+            tx = optimizer.accumulate(inner_tx, window)
+            updates, opt_state = tx.update(grads, optimizer.set_learning_rate(opt_state, lr), lora)
+            return optax.apply_updates(lora, updates), opt_state, loss
+
+        def eval_loss(lora, frozen, input_ids, attention_mask, labels):
+            return nnx.merge(graphdef, lora, frozen).loss_sum(input_ids, attention_mask, labels)
+
+        def logits(lora, frozen, input_ids, attention_mask):
+            model = nnx.merge(graphdef, lora, frozen)
+            hidden, _ = model.hidden_states(input_ids, attention_mask)
+            return model.logits(hidden)
+
+        def extend(lora, frozen, cache, ids, start, last, key, temperature, top_p):
+            """Run ``ids`` through the KV cache from position ``start``; sample after index ``last``."""
+            model = nnx.merge(graphdef, lora, frozen)
+            hidden, cache = model.hidden_states(ids, cache=cache, start=start)
+            logits = model.logits(jax.lax.dynamic_slice_in_dim(hidden, last, 1, axis=1))[0, 0]
+            return sample_token(logits, key, temperature, top_p), cache
+
+        self._micro_step = jax.jit(micro_step, donate_argnums=(0, 1))
+        self._eval_loss = jax.jit(eval_loss)
+        self._logits = jax.jit(logits)
+        self._extend = jax.jit(extend, donate_argnums=(2,))
+
+    def _require(self, train: bool = False) -> None:
+        if not self._loaded:
+            raise RuntimeError("JaxBackend: call load() first")
+        if train and self.opt_state is None:
+            raise RuntimeError("JaxBackend: loaded with train=False; no optimizer")
+
+    # ------------------------------------------------------------------ training
+
+    def micro_step(self, micro: MicroStep):
+        self._require(train=True)
+        # The core decides the windows; MultiSteps counts them itself. Check they agree (host only, no sync).
+        if micro.micro != self._next_micro or micro.apply_update != (micro.micro == micro.window_size - 1):
+            raise RuntimeError(f"accumulation out of step: core sent micro {micro.micro}/{micro.window_size} "
+                               f"(apply_update={micro.apply_update}), backend expected micro {self._next_micro}")
+        b = micro.batch
+        self.lora, self.opt_state, loss = self._micro_step(
+            self.lora, self.opt_state, self.frozen, b.input_ids, b.attention_mask, b.labels,
+            np.float32(micro.weight), np.float32(micro.lr), np.int32(micro.window_size),
+            np.int32(micro.step), np.int32(micro.micro))
+        self._next_micro = 0 if micro.apply_update else micro.micro + 1
+        return loss
+
+    def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        self._require()
+        loss = self._eval_loss(self.lora, self.frozen, batch.input_ids, batch.attention_mask, batch.labels)
+        return float(loss), batch.n_targets
+
+    def logits(self, batch: Batch) -> np.ndarray:
+        self._require()
+        return np.asarray(self._logits(self.lora, self.frozen, batch.input_ids, batch.attention_mask), np.float32)
+
+    def generate(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
+        """New tokens after the prompt, without the stop token that ended generation."""
+        self._require()
+        if not prompt_ids:
+            raise UserError("generate: the prompt is empty")
+        if max_new_tokens <= 0:
+            return []
+        n = len(prompt_ids)
+        padded = _round_up(n, _GENERATE_BUCKET)
+        length = max(padded, _round_up(n + max_new_tokens, _GENERATE_BUCKET))
+        ids = np.zeros((1, padded), np.int32)
+        ids[0, :n] = prompt_ids
+        module_dtype = jnp.dtype(self.options.dtype)
+        shape = (self.spec.num_layers, 1, length, self.spec.num_kv_heads, self.spec.head_dim)
+        cache = (jnp.zeros(shape, module_dtype), jnp.zeros(shape, module_dtype))
+        root = jax.random.PRNGKey(seed)
+        temperature, top_p = np.float32(temperature), np.float32(top_p)
+        token, cache = self._extend(self.lora, self.frozen, cache, ids, np.int32(0), np.int32(n - 1),
+                                    jax.random.fold_in(root, 0), temperature, top_p)
+        out: list[int] = []
+        for i in range(max_new_tokens):
+            t = int(token)
+            if t in stop_ids:
+                break
+            out.append(t)
+            if i + 1 == max_new_tokens:
+                break
+            token, cache = self._extend(self.lora, self.frozen, cache, np.array([[t]], np.int32),
+                                        np.int32(n + i), np.int32(0), jax.random.fold_in(root, i + 1),
+                                        temperature, top_p)
+        return out
+
+    # ------------------------------------------------------------------ adapters and state
+
+    def save_adapter(self, directory: Path) -> None:
+        self._require()
+        lora = {name: np.asarray(jax.device_get(v)) for name, v in named_leaves(self.lora).items()}
+        config = peft_format.peft_config(r=self.rank, alpha=self.config.lora_alpha, dropout=self.config.lora_dropout,
+                                         targets=self.targets, use_rslora=self.config.use_rslora,
+                                         base_model=self.source.name)
+        peft_format.save_adapter(Path(directory), lora, self.spec, config)
+
+    def load_adapter(self, directory: Path) -> None:
+        self._require()
+        directory = Path(directory)
+        config = peft_format.read_adapter_config(directory)
+        file = directory / peft_format.CONFIG_FILE
+        targets = peft_format.adapter_targets(config, file)
+        ours = {"r": self.rank, "lora_alpha": self.config.lora_alpha, "use_rslora": self.config.use_rslora}
+        keys = {"r": "lora_r", "lora_alpha": "lora_alpha", "use_rslora": "use_rslora"}
+        defaults = {"r": 8, "lora_alpha": 8, "use_rslora": False}  # peft's defaults for absent keys
+        for key, value in ours.items():
+            theirs = config.get(key, defaults[key])
+            same = theirs == value if isinstance(value, bool) else (
+                isinstance(theirs, (int, float)) and math.isclose(theirs, value))
+            if not same:
+                raise UserError(f"{file}: {key} = {theirs!r} but this run has {keys[key]} = {value!r}; "
+                                f"set {keys[key]} to {theirs!r} to use this adapter")
+        if targets != self.targets:
+            raise UserError(f"{file}: target_modules = {targets} but this run has lora_target_modules = "
+                            f"{self.targets}; set lora_target_modules to match the adapter")
+        arrays = peft_format.load_adapter_arrays(directory, self.spec, targets, self.rank)
+        self.lora = replace_leaves(self.lora, {name: jnp.asarray(a) for name, a in arrays.items()})
+
+    def save_state(self, directory: Path) -> None:
+        self._require(train=True)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = self.opt_state
+        meta = {"backend": self.name, "seed": self.config.seed, "mini_step": int(state.mini_step),
+                "gradient_step": int(state.gradient_step), "dropout_prng": self.options.prng,
+                "versions": self._versions()}
+        if meta["mini_step"] != self._next_micro:
+            raise RuntimeError(f"optimizer is at micro {meta['mini_step']} but the backend counted {self._next_micro}")
+        optimizer.save_state(directory, state, meta)
+
+    def load_state(self, directory: Path) -> None:
+        self._require(train=True)
+        self.opt_state = optimizer.load_state(Path(directory), self.opt_state)
+        self._next_micro = int(self.opt_state.mini_step)
+
+    # ------------------------------------------------------------------ facts
+
+    @staticmethod
+    def _versions() -> dict[str, str]:
+        import flax
+
+        return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
+
+    def describe(self) -> dict[str, Any]:
+        self._require()
+        trainable = sum(math.prod(x.shape) for x in jax.tree.leaves(self.lora))
+        frozen = sum(math.prod(x.shape) for x in jax.tree.leaves(self.frozen))
+        facts: dict[str, Any] = {
+            "backend": self.name,
+            "framework": f"jax {jax.__version__} + flax {self._versions()['flax']} + optax {optax.__version__}",
+            **self._versions(),
+            "device": f"{self.device.platform}:{getattr(self.device, 'device_kind', '')}".rstrip(":"),
+            "device_count": jax.device_count(),
+            "precision": "bf16" if self.options.dtype == "bfloat16" else "fp32",
+            "attention": self.options.attention,
+            "remat": self.options.remat,
+            "loss_chunk_tokens": self.options.loss_chunk,
+            "params_total": trainable + frozen,
+            "params_trainable": trainable,
+        }
+        stats = self.device.memory_stats() if hasattr(self.device, "memory_stats") else None
+        if stats and "peak_bytes_in_use" in stats:
+            facts["peak_memory_bytes"] = int(stats["peak_bytes_in_use"])
+        return facts

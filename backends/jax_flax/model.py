@@ -1,0 +1,218 @@
+"""A Llama-family decoder in Flax NNX, written to match transformers' LlamaForCausalLM number for number.
+
+The decoder blocks are *one* ``Block`` whose every weight carries a leading layer axis; the
+forward pass splits it once and runs ``jax.lax.scan`` over the stacked state, so XLA compiles
+one block whatever the depth. Module and attribute names follow the HF module paths
+(``layers.self_attn.q_proj``), which keeps the PEFT adapter mapping a string join.
+
+Attention is ``jax.nn.dot_product_attention``: the cuDNN kernel on GPU (causal only: with right
+padding, real tokens never attend to the pad tokens after them, and pad positions carry no loss),
+XLA's elsewhere (causal plus a key-padding mask, so even pad positions match HF's logits).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from loraswitch.core.batch import IGNORE_INDEX
+
+from .lora import LoRALinear
+from .options import Options
+from .rope import apply_rope, cos_sin, inv_frequencies
+from .spec import LINEAR_PARENT, LlamaSpec
+
+Cache = tuple[jax.Array, jax.Array]  # keys, values [layers, B, S, kv_heads, head_dim]
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """HF LlamaRMSNorm: normalise in fp32, cast back, then scale."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight * normed.astype(x.dtype)
+
+
+def _key(keys: list[jax.Array] | None, i: int) -> jax.Array | None:
+    return None if keys is None else keys[i]
+
+
+class Attention(nnx.Module):
+    def __init__(self, spec: LlamaSpec, options: Options, linears: dict[str, LoRALinear]):
+        self.q_proj, self.k_proj = linears["q_proj"], linears["k_proj"]
+        self.v_proj, self.o_proj = linears["v_proj"], linears["o_proj"]
+        self.spec, self.options = spec, options
+
+    def __call__(self, x, cos, sin, key_mask, keys, cache: Cache | None, start) -> tuple[jax.Array, Cache | None]:
+        s = self.spec
+        B, T, _ = x.shape
+        q = self.q_proj(x, _key(keys, 0)).reshape(B, T, s.num_heads, s.head_dim)
+        k = self.k_proj(x, _key(keys, 1)).reshape(B, T, s.num_kv_heads, s.head_dim)
+        v = self.v_proj(x, _key(keys, 2)).reshape(B, T, s.num_kv_heads, s.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = (checkpoint_name(t, "qkv") for t in (q, k, v))
+        if cache is None:
+            out, new_cache = self._attend(q, k, v, key_mask), None
+        else:
+            out, new_cache = self._attend_cached(q, k, v, cache, start)
+        out = checkpoint_name(out.reshape(B, T, s.num_heads * s.head_dim), "attn_out")
+        return self.o_proj(out, _key(keys, 3)), new_cache
+
+    def _attend(self, q, k, v, key_mask):
+        T = q.shape[1]
+        window = self.spec.sliding_window
+        local = (window - 1, 0) if window is not None and T > window else None
+        if self.options.attention == "cudnn":
+            return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local,
+                                                implementation="cudnn")
+        mask = None if key_mask is None else key_mask[:, None, None, :].astype(bool)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, local_window_size=local)
+
+    def _attend_cached(self, q, k, v, cache: Cache, start):
+        """Write this chunk's keys/values at ``start`` and attend over the whole cache, masking
+        the slots after each query's own position (they hold stale or padding entries)."""
+        ck, cv = cache
+        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, start, 0, 0))
+        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, start, 0, 0))
+        q_pos = start + jnp.arange(q.shape[1])
+        k_pos = jnp.arange(ck.shape[1])
+        mask = k_pos[None, :] <= q_pos[:, None]
+        if self.spec.sliding_window is not None:
+            mask &= k_pos[None, :] > q_pos[:, None] - self.spec.sliding_window
+        out = jax.nn.dot_product_attention(q, ck, cv, mask=mask[None, None])
+        return out, (ck, cv)
+
+
+class MLP(nnx.Module):
+    def __init__(self, linears: dict[str, LoRALinear]):
+        self.gate_proj, self.up_proj, self.down_proj = linears["gate_proj"], linears["up_proj"], linears["down_proj"]
+
+    def __call__(self, x, keys):
+        hidden = jax.nn.silu(self.gate_proj(x, _key(keys, 4))) * self.up_proj(x, _key(keys, 5))
+        return self.down_proj(checkpoint_name(hidden, "mlp_hidden"), _key(keys, 6))
+
+
+class Block(nnx.Module):
+    """All decoder layers at once: every array has a leading [layers] axis until scanned."""
+
+    def __init__(self, spec: LlamaSpec, options: Options, input_layernorm, post_attention_layernorm,
+                 linears: dict[str, LoRALinear]):
+        self.input_layernorm = nnx.Param(input_layernorm)
+        self.post_attention_layernorm = nnx.Param(post_attention_layernorm)
+        self.self_attn = Attention(spec, options, linears)
+        self.mlp = MLP(linears)
+        self.eps = spec.rms_norm_eps
+
+    def __call__(self, x, cos, sin, key_mask, key, cache, start):
+        keys = None if key is None else [jax.random.fold_in(key, i) for i in range(7)]
+        attn, new_cache = self.self_attn(rms_norm(x, self.input_layernorm[...], self.eps),
+                                         cos, sin, key_mask, keys, cache, start)
+        x = x + attn
+        x = x + self.mlp(rms_norm(x, self.post_attention_layernorm[...], self.eps), keys)
+        return x, new_cache
+
+
+def _remat(fn, policy: str):
+    if policy == "none":
+        return fn
+    if policy == "full":
+        return jax.checkpoint(fn, prevent_cse=False)
+    if policy == "dots":
+        return jax.checkpoint(fn, prevent_cse=False, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    names = policy.removeprefix("names:").split(",")
+    return jax.checkpoint(fn, prevent_cse=False, policy=jax.checkpoint_policies.save_only_these_names(*names))
+
+
+class Llama(nnx.Module):
+    """Embeddings, the scanned block, final norm and (tied or untied) lm_head.
+
+    ``weights`` holds base arrays in the compute dtype: embed_tokens [V, d], norm [d],
+    lm_head [V, d] (absent when tied), input_layernorm / post_attention_layernorm [L, d] and one
+    [L, in, out] kernel per linear. ``lora`` maps targeted linear names to (A [L, in, r], B [L, r, out]).
+    """
+
+    def __init__(self, spec: LlamaSpec, options: Options, weights: dict[str, jax.Array],
+                 lora: dict[str, tuple[jax.Array, jax.Array]], *, scaling: float, dropout_rate: float):
+        self.spec, self.options = spec, options
+        self.embed_tokens = nnx.Param(weights["embed_tokens"])
+        self.norm = nnx.Param(weights["norm"])
+        self.lm_head = None if spec.tie_word_embeddings else nnx.Param(weights["lm_head"])
+        linears = {}
+        for name in LINEAR_PARENT:
+            a, b = lora.get(name, (None, None))
+            linears[name] = LoRALinear(weights[name], a, b, scaling=scaling, dropout_rate=dropout_rate)
+        self.layers = Block(spec, options, weights["input_layernorm"], weights["post_attention_layernorm"], linears)
+
+    @property
+    def dtype(self):
+        return jnp.dtype(self.options.dtype)
+
+    def hidden_states(self, input_ids: jax.Array, key_mask: jax.Array | None = None, *,
+                      dropout_key: jax.Array | None = None, cache: Cache | None = None,
+                      start: Any = 0) -> tuple[jax.Array, Cache | None]:
+        """Final-norm hidden states [B, T, d]; with ``cache``, positions start at ``start``."""
+        T = input_ids.shape[1]
+        x = self.embed_tokens[...][input_ids]
+        positions = start + jnp.arange(T)
+        cos, sin = cos_sin(positions[None], inv_frequencies(self.spec.rope, self.spec.head_dim), self.dtype)
+        graphdef, stacked = nnx.split(self.layers)
+        layer_keys = None if dropout_key is None else jax.random.split(dropout_key, self.spec.num_layers)
+
+        def one_layer(x, per_layer):
+            layer_state, key, layer_cache = per_layer
+            block = nnx.merge(graphdef, layer_state)
+            return block(x, cos, sin, key_mask, key, layer_cache, start)
+
+        x, new_cache = jax.lax.scan(_remat(one_layer, self.options.remat), x, (stacked, layer_keys, cache))
+        return rms_norm(x, self.norm[...], self.spec.rms_norm_eps), new_cache
+
+    def output_embedding(self) -> jax.Array:
+        return (self.embed_tokens if self.lm_head is None else self.lm_head)[...]
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        return jnp.einsum("btd,vd->btv", hidden, self.output_embedding(), preferred_element_type=jnp.float32)
+
+    def loss_sum(self, input_ids, attention_mask, labels, *, dropout_key=None) -> jax.Array:
+        """Sum of fp32 token cross-entropy over targets (labels unshifted, HF convention)."""
+        hidden, _ = self.hidden_states(input_ids, attention_mask, dropout_key=dropout_key)
+        targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], axis=1)
+        return chunked_cross_entropy_sum(hidden, self.output_embedding(), targets, self.options.loss_chunk)
+
+    def init_cache(self, batch: int, length: int) -> Cache:
+        s = self.spec
+        shape = (s.num_layers, batch, length, s.num_kv_heads, s.head_dim)
+        return jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
+
+
+def chunked_cross_entropy_sum(hidden: jax.Array, embedding: jax.Array, targets: jax.Array, chunk: int) -> jax.Array:
+    """lm_head + cross-entropy over ``chunk`` tokens at a time, each chunk rematerialised in the
+    backward pass: fp32 logits over a 128k vocabulary never exist for the whole micro-batch."""
+    d = hidden.shape[-1]
+    h = hidden.reshape(-1, d)
+    t = targets.reshape(-1)
+    n = h.shape[0]
+    chunk = min(chunk, n)
+    pad = -n % chunk
+    if pad:
+        h = jnp.pad(h, ((0, pad), (0, 0)))
+        t = jnp.pad(t, (0, pad), constant_values=IGNORE_INDEX)
+
+    @jax.checkpoint
+    def chunk_loss(h_c, t_c):
+        logits = jnp.einsum("nd,vd->nv", h_c, embedding, preferred_element_type=jnp.float32)
+        target_logit = jnp.take_along_axis(logits, jnp.maximum(t_c, 0)[:, None], axis=-1)[:, 0]
+        ce = jax.nn.logsumexp(logits, axis=-1) - target_logit
+        return jnp.sum(jnp.where(t_c != IGNORE_INDEX, ce, 0.0))
+
+    n_chunks = h.shape[0] // chunk
+    if n_chunks == 1:
+        return chunk_loss(h, t)
+
+    def body(total, xs):
+        return total + chunk_loss(*xs), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32),
+                            (h.reshape(n_chunks, chunk, d), t.reshape(n_chunks, chunk)))
+    return total

@@ -1,0 +1,61 @@
+"""Performance switches of the jax backend, chosen per platform, overridable from the environment.
+
+They change speed and memory, never the loss (beyond bf16 rounding), so they are not config keys:
+
+  LORASWITCH_JAX_ATTENTION   auto | cudnn | xla      (auto: cudnn on GPU with bf16, else xla)
+  LORASWITCH_JAX_REMAT       none | dots | full | names:a,b   rematerialisation of each layer in
+                             the backward pass (names: save only these checkpoint_name'd values:
+                             qkv, attn_out, mlp_hidden)
+  LORASWITCH_JAX_LOSS_CHUNK  tokens per lm_head + cross-entropy chunk (default 4096); the fp32
+                             logits of only one chunk exist at a time
+  LORASWITCH_JAX_PRNG        PRNG for LoRA dropout: threefry2x32 | rbg | unsafe_rbg
+                             (auto: rbg on GPU/TPU, where threefry is slow; threefry on CPU)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from loraswitch.core.errors import UserError
+
+REMAT_NAMES = ("qkv", "attn_out", "mlp_hidden")
+
+
+@dataclass(frozen=True)
+class Options:
+    dtype: str = "float32"  # compute dtype of activations and base weights: float32 | bfloat16
+    attention: str = "xla"  # xla | cudnn
+    remat: str = "none"
+    loss_chunk: int = 4096
+    prng: str = "threefry2x32"
+
+
+def _env(name: str, default: str, allowed: tuple[str, ...] | None = None) -> str:
+    value = os.environ.get(name, default).strip() or default
+    if allowed is not None and value not in allowed:
+        raise UserError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+def choose_options(platform: str, precision: str) -> Options:
+    """``platform`` is jax's ("cpu", "gpu", "tpu"); ``precision`` the config value auto|fp32|bf16."""
+    accelerator = platform in ("gpu", "cuda", "rocm", "tpu")
+    if precision == "auto":
+        precision = "bf16" if accelerator else "fp32"
+    dtype = "bfloat16" if precision == "bf16" else "float32"
+    attention = _env("LORASWITCH_JAX_ATTENTION", "auto", ("auto", "cudnn", "xla"))
+    if attention == "auto":
+        attention = "cudnn" if platform in ("gpu", "cuda") and dtype == "bfloat16" else "xla"
+    remat = _env("LORASWITCH_JAX_REMAT", "none")
+    if remat not in ("none", "dots", "full") and not remat.startswith("names:"):
+        raise UserError(f"LORASWITCH_JAX_REMAT={remat!r}: expected none, dots, full or names:{','.join(REMAT_NAMES)}")
+    for name in remat.removeprefix("names:").split(",") if remat.startswith("names:") else ():
+        if name not in REMAT_NAMES:
+            raise UserError(f"LORASWITCH_JAX_REMAT: unknown name {name!r}; names: {', '.join(REMAT_NAMES)}")
+    chunk = _env("LORASWITCH_JAX_LOSS_CHUNK", "4096")
+    if not chunk.isdigit() or int(chunk) <= 0:
+        raise UserError(f"LORASWITCH_JAX_LOSS_CHUNK={chunk!r}: expected a positive integer")
+    prng = _env("LORASWITCH_JAX_PRNG", "auto", ("auto", "threefry2x32", "rbg", "unsafe_rbg"))
+    if prng == "auto":
+        prng = "rbg" if accelerator else "threefry2x32"
+    return Options(dtype=dtype, attention=attention, remat=remat, loss_chunk=int(chunk), prng=prng)

@@ -1,0 +1,229 @@
+"""TorchBackend: the core's Backend protocol on transformers + peft.
+
+The hot path (``micro_step``) is: decoder forward (optionally torch.compile'd) -> gather the rows
+that predict a target -> chunked cross-entropy through the frozen lm_head -> backward, and on
+the window's last micro-batch one fused AdamW step. Nothing in it waits for the device: the
+returned loss stays a tensor until the engine converts it once per window.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from loraswitch.core.batch import Batch, MicroStep
+from loraswitch.core.config import Config
+from loraswitch.core.model_source import ModelSource
+
+from . import adapter_io, optimizer_state
+from .generation import generate_tokens
+from .loss import chunk_loss, chunk_loss_and_grad, target_cross_entropy, target_positions
+from .model_loading import Placement, check_target_modules, choose_placement, load_base_model
+
+
+def dropout_seed(seed: int, step: int, micro: int) -> int:
+    """A stateless seed for the dropout of one micro-step: resume replays the same masks
+    without saving any RNG state. SeedSequence mixes the three numbers without collisions
+    that a linear formula would have, and unlike ``hash`` it is stable across processes."""
+    words = np.random.SeedSequence([seed, step, micro]).generate_state(2, dtype=np.uint32)
+    return (int(words[0]) << 31) | (int(words[1]) >> 1)
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, device: str | None = None):
+        self.requested_device = device
+        self.model = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def from_environment(cls) -> "TorchBackend":
+        """``LORASWITCH_TORCH_DEVICE`` (``cuda:1``, ``cpu``) pins the device; default: CUDA if present."""
+        return cls(device=os.environ.get("LORASWITCH_TORCH_DEVICE") or None)
+
+    # ------------------------------------------------------------------ setup
+
+    def load(self, model: ModelSource, config: Config, *, train: bool = True) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        self.config, self.source = config, model
+        self.placement: Placement = choose_placement(config.precision, config.compile, self.requested_device)
+        base = load_base_model(model, self.placement)
+        targets = check_target_modules(base, config.lora_target_modules)
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=targets, use_rslora=config.use_rslora, bias="none",
+                          task_type="CAUSAL_LM")
+        # peft creates LoRA A on the host and moves it: the same seed gives the same init on CPU and GPU.
+        torch.manual_seed(config.seed)
+        # LoRA weights stay fp32 under a bf16 base (autocast_adapter_dtype), so AdamW updates them in fp32.
+        with warnings.catch_warnings():  # peft probes a property transformers 5 deprecates
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            self.model = get_peft_model(base, lora, autocast_adapter_dtype=True)
+        self.model.peft_config[adapter_io.ADAPTER_NAME].base_model_name_or_path = model.name
+        self.autocast = self.placement.dtype == torch.bfloat16
+        if self.autocast:
+            # Under autocast the LoRA matmuls run in bf16; peft's own cast of the input to the fp32
+            # LoRA dtype would only add a full-size fp32 copy of every projection's input.
+            for module in self.model.modules():
+                if hasattr(module, "cast_input_dtype_enabled"):
+                    module.cast_input_dtype_enabled = False
+        self.params = adapter_io.lora_parameters(self.model)
+        causal_lm = self.model.get_base_model()
+        self.decoder, self.head = causal_lm.model, causal_lm.lm_head
+
+        self._hidden_fn = self._decoder_hidden
+        self._loss_fn, self._loss_and_grad_fn = chunk_loss, chunk_loss_and_grad
+        if self.placement.compile:
+            self._hidden_fn = torch.compile(self._decoder_hidden)
+            self._loss_fn = torch.compile(chunk_loss)
+            self._loss_and_grad_fn = torch.compile(chunk_loss_and_grad)
+
+        self.optimizer = None
+        if train:
+            self.optimizer = torch.optim.AdamW(
+                list(self.params.values()), lr=config.learning_rate_multiplier, betas=(0.9, 0.999),
+                eps=1e-8, weight_decay=config.weight_decay, fused=self.placement.device.type == "cuda")
+            self.model.train()
+        else:
+            self.model.eval()
+
+    def lora_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """LoRA parameters by PEFT file name (for tests and tools)."""
+        return self.params
+
+    # ------------------------------------------------------------------ training
+
+    def micro_step(self, micro: MicroStep) -> torch.Tensor:
+        if self.optimizer is None:
+            raise RuntimeError("micro_step needs a backend loaded with train=True")
+        torch.manual_seed(dropout_seed(self.config.seed, micro.step, micro.micro))
+        loss = self._target_loss(micro.batch) * micro.weight
+        loss.backward()
+        if micro.apply_update:
+            self._apply_update(micro.lr)
+        return loss.detach()
+
+    def _apply_update(self, lr: float) -> None:
+        params = list(self.params.values())
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm, foreach=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _decoder_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    def _target_loss(self, batch: Batch) -> torch.Tensor:
+        """Sum of cross-entropy over the batch's targets (grad-enabled unless called under no_grad)."""
+        rows, targets = target_positions(batch.labels)
+        input_ids, attention_mask = self._inputs(batch, causal_suffices=True)
+        with self._autocast():
+            hidden = self._hidden_fn(input_ids, attention_mask)
+        hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, self._to_device(rows))
+        return target_cross_entropy(hidden, self.head, self._to_device(targets),
+                                    loss_fn=self._loss_fn, loss_and_grad_fn=self._loss_and_grad_fn)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        with torch.no_grad(), self._eval_mode():
+            loss = self._target_loss(batch)
+        return float(loss), batch.n_targets
+
+    def logits(self, batch: Batch) -> np.ndarray:
+        input_ids, attention_mask = self._inputs(batch, causal_suffices=False)
+        with torch.no_grad(), self._eval_mode(), self._autocast():
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.logits.float().cpu().numpy()
+
+    def generate(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
+        with self._eval_mode(), self._autocast():
+            return generate_tokens(self.model.get_base_model(), list(prompt_ids), self.placement.device,
+                                   max_new_tokens=max_new_tokens, temperature=temperature,
+                                   top_p=top_p, seed=seed, stop_ids=tuple(stop_ids))
+
+    # ------------------------------------------------------------------ files
+
+    def save_adapter(self, directory: Path) -> None:
+        adapter_io.save_adapter(self.model, Path(directory), self.source.name)
+
+    def load_adapter(self, directory: Path) -> None:
+        directory = Path(directory)
+        c = self.config
+        adapter_io.check_adapter_config(directory, c.lora_r, c.lora_alpha, c.use_rslora, c.lora_target_modules)
+        adapter_io.load_adapter_weights(self.params, directory)
+
+    def save_state(self, directory: Path) -> None:
+        if self.optimizer is None:
+            raise RuntimeError("save_state needs a backend loaded with train=True")
+        extra = {"framework": f"torch {torch.__version__}", "seed": self.config.seed,
+                 "dropout_seed": "numpy SeedSequence([seed, step, micro]), reseeded every micro-step"}
+        optimizer_state.save_optimizer_state(self.optimizer, self.params, Path(directory), extra)
+
+    def load_state(self, directory: Path) -> None:
+        if self.optimizer is None:
+            raise RuntimeError("load_state needs a backend loaded with train=True")
+        optimizer_state.load_optimizer_state(self.optimizer, self.params, Path(directory))
+
+    def describe(self) -> dict[str, Any]:
+        import peft
+        import transformers
+
+        device = self.placement.device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        unique = {id(p): p for p in self.model.parameters()}.values()
+        return {
+            "backend": self.name,
+            "framework": f"torch {torch.__version__}",
+            "libraries": {"transformers": transformers.__version__, "peft": peft.__version__},
+            "device": f"{device} ({name})" if device.type == "cuda" else "cpu",
+            "precision": self.placement.precision,
+            "compile": self.placement.compile,
+            "attention": "sdpa",
+            "params_total": sum(p.numel() for p in unique),
+            "params_trainable": sum(p.numel() for p in unique if p.requires_grad),
+        }
+
+    # ------------------------------------------------------------------ helpers
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.placement.device.type == "cuda":
+            return tensor.pin_memory().to(self.placement.device, non_blocking=True)
+        return tensor
+
+    def _inputs(self, batch: Batch, *, causal_suffices: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids and attention mask on the device. With right padding the causal mask alone
+        gives every real token exactly the same attention, so training and eval drop the padding
+        mask and SDPA can take its fused causal kernels; ``logits`` keeps it, as HF would."""
+        mask = np.asarray(batch.attention_mask) != 0
+        input_ids = self._to_device(np.asarray(batch.input_ids, dtype=np.int64))
+        lengths = mask.sum(axis=1)
+        right_padded = np.array_equal(mask, np.arange(mask.shape[1])[None, :] < lengths[:, None])
+        if (causal_suffices and right_padded) or mask.all():
+            return input_ids, None
+        return input_ids, self._to_device(mask.astype(np.int64))
+
+    def _autocast(self):
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.placement.device.type, dtype=torch.bfloat16)
+
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+

@@ -1,0 +1,108 @@
+"""Show and keep a bench report: a rich table, results.json, a markdown table and chart.png.
+
+Every speed is printed beside the loss it reached: a fast system with a wrong loss is a bug,
+not a result (design.md tells of a compiled kernel path that returned 69.9 instead of 12.18).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+GIB = 2**30
+
+COLUMNS = ("system", "status", "tokens/s", "steps/s", "× hf-ref", "MFU", "peak GiB", "warm-up s", "loss")
+
+
+def _fmt(x: Any, spec: str, none: str = "–") -> str:
+    return none if x is None else format(x, spec)
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    out = []
+    for r in report["systems"]:
+        if r["status"] != "ok":
+            out.append((r["system"], r["status"], *(["–"] * 6), r.get("error", "")[:80]))
+            continue
+        peak = r.get("peak_memory_bytes")
+        peak_s = _fmt(peak / GIB if peak else None, ".1f") + ("*" if peak and r.get("peak_memory_includes_warmup") else "")
+        out.append((
+            r["system"], "ok", _fmt(r["tokens_per_s"], ",.0f"), _fmt(r["steps_per_s"], ".3f"),
+            _fmt(r.get("ratio_to_hf_reference"), ".2f"), _fmt(r.get("mfu"), ".1%"), peak_s,
+            _fmt(r["warmup_s"], ".1f"), _fmt(r["loss"], ".4f"),
+        ))
+    return out
+
+
+def _title(report: dict[str, Any]) -> str:
+    s, m = report["settings"], report["machine"]
+    where = m.get("gpu") or "CPU"
+    return (f"{report['model']['name']} on {where}, {s['precision']}, batch {s['batch_size']} × seq {s['seq_len']}, "
+            f"accumulation {s['accumulation_steps']}, r {s['lora_r']}, {s['steps']} timed steps after {s['warmup_steps']} warm-up")
+
+
+def notes(report: dict[str, Any]) -> list[str]:
+    out = list(report["problems"])
+    if any(r.get("peak_memory_includes_warmup") for r in report["systems"]):
+        out.append("* peak memory read from JAX, which cannot reset its peak: includes loading and warm-up")
+    return out
+
+
+def print_table(report: dict[str, Any], console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=_title(report))
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c in ("system", "status") else "right")
+    for row in rows(report):
+        table.add_row(*row)
+    console.print(table)
+    for n in notes(report):
+        console.print(n, style="yellow" if n in report["problems"] else None)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"**{_title(report)}**", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(report)]
+    lines += [""] + [f"- {n}" for n in notes(report)]
+    m = report["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    lines += [f"- machine: {m.get('gpu') or 'CPU'}" + (f" (driver {m['driver']})" if m.get("driver") else "")
+              + f", Python {m['python']}; {versions}",
+              "- command: `" + " ".join(m["command"]) + "`", ""]
+    return "\n".join(lines)
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    """Bar chart of tokens/s per system, each bar labelled with its loss and ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in report["systems"] if r["status"] == "ok"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(ok) + 2), 4.2))
+    bars = ax.bar([r["system"] for r in ok], [r["tokens_per_s"] for r in ok],
+                  color=["#888888" if r["system"] == "hf-reference" else "#3b6fb6" for r in ok])
+    for bar, r in zip(bars, ok):
+        label = f"loss {r['loss']:.4f}"
+        if r.get("ratio_to_hf_reference") is not None:
+            label += f"\n{r['ratio_to_hf_reference']:.2f}× hf-ref"
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("tokens / s")
+    ax.set_title(_title(report), fontsize=8, wrap=True)
+    ax.margins(y=0.25)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md", "chart": out_dir / "chart.png"}
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
+    paths["markdown"].write_text(markdown(report))
+    chart(report, paths["chart"])
+    return paths

@@ -1,0 +1,79 @@
+"""Load a model (and optionally an adapter) for generation or evaluation, outside a run.
+
+The LoRA shape must match the adapter before its weights can load, so r, alpha, target modules
+and rsLoRA are read from the adapter's own adapter_config.json (PEFT format, any backend).
+When ``adapter`` is a run directory, its adapter/ and its config.yaml's model and backend are used.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+
+def adapter_settings(adapter_dir: Path) -> dict[str, Any]:
+    """Config keys for the LoRA layers an adapter was trained with."""
+    path = adapter_dir / "adapter_config.json"
+    if not path.is_file():
+        raise UserError(f"{path}: missing; --adapter must be a PEFT adapter directory or a run directory")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("r"), int):
+        raise UserError(f"{path}: needs an integer 'r' (PEFT adapter_config.json)")
+    out: dict[str, Any] = {"lora_r": cfg["r"], "lora_alpha": cfg.get("lora_alpha", cfg["r"]),
+                           "use_rslora": bool(cfg.get("use_rslora", False)), "lora_dropout": 0.0}
+    targets = cfg.get("target_modules")
+    if isinstance(targets, str):
+        targets = [targets]
+    if targets:
+        out["lora_target_modules"] = sorted(targets)
+    return out
+
+
+def locate_adapter(path: str | None) -> tuple[Path | None, dict[str, Any]]:
+    """(adapter directory, the run's config values if ``path`` is a run directory)."""
+    if path is None:
+        return None, {}
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"--adapter: {p} is not a directory")
+    from .. import rundir
+
+    if (p / rundir.CONFIG).is_file():
+        run_values = rundir.read_run_config(p)
+        if not (p / rundir.ADAPTER).is_dir():
+            raise UserError(f"{p}: run directory has no {rundir.ADAPTER}/ yet (the run wrote no checkpoint)")
+        return p / rundir.ADAPTER, run_values
+    return p, {}
+
+
+def load_for_inference(*, model: str | None, backend_name: str | None, adapter: str | None,
+                       extra: dict[str, Any] | None = None):
+    """(backend, tokenizer, config) ready for generate/eval_loss, adapter loaded if given."""
+    from ..config import Config, validate
+    from ..plugins import create_backend
+    from ..sources import resolve_model
+    from ..tokenizer import ChatTokenizer
+
+    adapter_dir, run_values = locate_adapter(adapter)
+    values: dict[str, Any] = {k: v for k, v in run_values.items() if k in Config.model_fields}
+    values.update(extra or {})
+    if model:
+        values["model"] = model
+    if backend_name:
+        values["backend"] = backend_name
+    if adapter_dir is not None:
+        values.update(adapter_settings(adapter_dir))
+    values["lora_dropout"] = 0.0
+    config = validate(values, "options")
+    source = resolve_model(config.model)
+    tokenizer = ChatTokenizer.from_dir(source.path)
+    backend = create_backend(config.backend)
+    backend.load(source, config, train=False)
+    if adapter_dir is not None:
+        backend.load_adapter(adapter_dir)
+    return backend, tokenizer, config

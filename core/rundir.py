@@ -1,0 +1,325 @@
+"""The run directory, the contract other tools read, written so that a kill at any instant
+leaves it usable::
+
+    config.yaml        the resolved config (what --resume reads)
+    metrics.jsonl      one JSON object a line (written by the metrics_file plugin)
+    summary.json       stop_reason, steps, epochs, losses, timings
+    adapter/           the final adapter, PEFT format
+    checkpoints/step-NNNNNN/{adapter/, backend_state/, trainer_state.json}
+
+Every file is written to a temporary name in its directory, fsynced and renamed over the old
+one. A checkpoint is built as ``checkpoints/.tmp-step-NNNNNN`` and renamed into place;
+its trainer_state.json is written last and lists every file with its size and sha256, so a
+checkpoint counts as complete only when that file parses and the files it lists are there.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import UserError
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+ADAPTER = "adapter"
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+KEEP_CHECKPOINTS = 2
+MIN_FREE_BYTES = 64 * 1024 * 1024
+_PREFIX, _TMP_PREFIX = "step-", ".tmp-step-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{_PREFIX}{step:06d}"
+
+
+# ---------------------------------------------------------------- atomic files
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable: fsync the directory that holds it (a no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _fsync_tree(directory: Path) -> None:
+    for p in sorted(directory.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    for d in sorted({p.parent for p in directory.rglob("*")} | {directory}):
+        fsync_dir(d)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def replace_dir(target: Path, fill: Callable[[Path], None]) -> None:
+    """Build a directory with ``fill(tmp)`` beside ``target`` and swap it in. The old copy is
+    moved aside before the rename, so at every instant one complete version exists on disk."""
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        fill(tmp)
+        _fsync_tree(tmp)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the run directory
+
+
+def is_run_dir_in_use(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds anything (a previous run, or someone else's files)."""
+    return run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
+
+
+def check_new_run(run_dir: Path, *, overwrite: bool) -> None:
+    """Refuse to train into a directory that already holds files unless --overwrite is given."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"output_dir: {run_dir} exists and is not a directory")
+    if is_run_dir_in_use(run_dir) and not overwrite:
+        raise UserError(f"output_dir: {run_dir} already holds a run; continue it with --resume {run_dir}, "
+                        "pass --overwrite to replace it, or choose another --output_dir")
+
+
+def check_writable(run_dir: Path, need_bytes: int = MIN_FREE_BYTES) -> None:
+    """Fail before training, not at the first checkpoint: the nearest existing ancestor of
+    ``run_dir`` must accept a new file and have ``need_bytes`` free."""
+    probe_dir = run_dir
+    while not probe_dir.exists():
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise UserError(f"output_dir: {probe_dir} is not a directory")
+    probe = probe_dir / f".loraswitch-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"x")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise UserError(f"output_dir: cannot write in {probe_dir} ({e.strerror}); choose a writable --output_dir") from e
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    free = shutil.disk_usage(probe_dir).free
+    if free < need_bytes:
+        raise UserError(f"output_dir: {probe_dir} has {free / 2**20:.0f} MiB free; this run needs at least "
+                        f"{need_bytes / 2**20:.0f} MiB for its checkpoints; free space or choose another --output_dir")
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """--overwrite: remove the previous run's files (only ones loraswitch writes, and tmp leftovers)."""
+    if not run_dir.exists():
+        return
+    for name in (CONFIG, METRICS, SUMMARY, ADAPTER, CHECKPOINTS, "loss.png"):
+        p = run_dir / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+    for p in run_dir.glob(".*.tmp-*"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def write_config(run_dir: Path, config_dict: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / CONFIG, yaml.safe_dump(config_dict, sort_keys=False))
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """config.yaml of an existing run (for --resume and ``evaluate RUN_DIR``)."""
+    path = run_dir / CONFIG
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run directory not found")
+    if not path.is_file():
+        raise UserError(f"{path}: missing; {run_dir} is not a loraswitch run directory")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must be a mapping of key: value")
+    return data
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / SUMMARY, summary)
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """On resume from checkpoint ``step``, drop the metrics lines of later steps (and a line
+    torn by a kill): those steps are trained again and must not appear twice."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        s = obj.get("step") if isinstance(obj, dict) else None
+        if isinstance(obj, dict) and not (isinstance(s, (int, float)) and s > step):
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def write_checkpoint(run_dir: Path, step: int, fill: Callable[[Path], None], trainer_state: dict[str, Any]) -> Path:
+    """Write ``checkpoints/step-NNNNNN`` atomically: ``fill(tmp)`` writes adapter/ and
+    backend_state/, then trainer_state.json (with the file list) is written last, the tree is
+    fsynced and renamed into place. Returns the final path."""
+    root = run_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f"{_TMP_PREFIX}{step:06d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # left by a killed writer
+    tmp.mkdir()
+    fill(tmp)
+    files = {}
+    for p in sorted(tmp.rglob("*")):
+        if p.is_file():
+            files[p.relative_to(tmp).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+    state = dict(trainer_state, files=files)
+    _fsync_tree(tmp)
+    with open(tmp / TRAINER_STATE, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(tmp)
+    if final.exists():  # rewriting a step (resumed at the end): swap, never leave a gap
+        old = root / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(root)
+    return final
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any] | None:
+    """The checkpoint's trainer state if the checkpoint is complete, else None."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or not isinstance(state.get("files"), dict):
+        return None
+    for name, info in state["files"].items():
+        try:
+            if (checkpoint / name).stat().st_size != info["size"]:
+                return None
+        except (OSError, KeyError, TypeError):
+            return None
+    return state
+
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint, oldest first; tmp and partial ones are skipped."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        if not p.name.startswith(_PREFIX) or not p.is_dir():
+            continue
+        try:
+            step = int(p.name[len(_PREFIX):])
+        except ValueError:
+            continue
+        state = read_trainer_state(p)
+        if state is not None and state["step"] == step:
+            out.append((step, p))
+    return sorted(out)
+
+
+def latest_complete_checkpoint(run_dir: str | Path) -> Path | None:
+    found = complete_checkpoints(Path(run_dir))
+    return found[-1][1] if found else None
+
+
+def verify_checkpoint(checkpoint: Path) -> dict[str, Any]:
+    """Check every file's sha256 against trainer_state.json before resuming from it; a damaged
+    file is named, with the way out (delete the checkpoint to fall back to the previous one)."""
+    state = read_trainer_state(checkpoint)
+    if state is None:
+        raise UserError(f"{checkpoint / TRAINER_STATE}: checkpoint is incomplete or its trainer state is not valid JSON")
+    for name, info in state["files"].items():
+        if _sha256(checkpoint / name) != info.get("sha256"):
+            raise UserError(f"{checkpoint / name}: checksum differs from {TRAINER_STATE}; the checkpoint is damaged "
+                            f"(delete {checkpoint} to resume from the previous one)")
+    return state
+
+
+def prune_checkpoints(run_dir: Path, keep: int = KEEP_CHECKPOINTS) -> None:
+    """Keep the newest ``keep`` complete checkpoints; remove older ones and stale tmp dirs.
+    Called only after a new checkpoint is complete, so the one a run resumed from is removed
+    only once ``keep`` newer complete ones exist."""
+    root = run_dir / CHECKPOINTS
+    complete = complete_checkpoints(run_dir)
+    for _, path in complete[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith((_TMP_PREFIX, ".old-")):
+                shutil.rmtree(p, ignore_errors=True)
+    fsync_dir(root)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Reproduce the H200 table of docs/benchmarks.md from a checkout that is not pip-installed
+# (as on a lent GPU machine: its python3 already has torch, transformers, peft, jax and flax).
+#
+#   bash docs/bench/h200.sh smoke OUT_DIR   # tiny on the GPU + one llama-1b step per system
+#   bash docs/bench/h200.sh full  OUT_DIR   # llama-1b and llama-3b, hf-reference + torch + jax
+#
+# `import loraswitch.core` works through a temporary folder holding loraswitch/{core,backends,plugins}
+# as links into this checkout (loraswitch is a namespace package, so no __init__ is needed).
+set -uo pipefail
+mode=${1:-full}
+out=${2:-bench-results/h200}
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+shim=$(mktemp -d)
+mkdir -p "$shim/loraswitch" "$out"
+for d in core backends plugins; do ln -s "$repo/$d" "$shim/loraswitch/$d"; done
+export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export LORASWITCH_CACHE=${LORASWITCH_CACHE:-/tmp/loraswitch-cache}
+py=${PYTHON:-python3}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+$py - <<'PY'
+import sys, torch, transformers, peft, jax, flax, optax
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| transformers", transformers.__version__,
+      "| peft", peft.__version__, "| jax", jax.__version__, "| flax", flax.__version__, "| optax", optax.__version__)
+print("torch sees", torch.cuda.get_device_name(), "| jax sees", jax.devices())
+PY
+
+bench() {  # bench NAME ARGS...: one bench invocation, its log beside its report
+    local name=$1; shift
+    echo "=== loraswitch bench $* (report: $out/$name)"
+    $py -m loraswitch.core.cli bench --out "$out/$name" "$@" 2>&1 | tee "$out/$name.log"
+}
+
+systems=hf-reference,torch,jax
+case $mode in
+    smoke)
+        bench tiny --shape tiny --systems $systems --batch_size 2 --seq_len 128 --steps 2 --warmup_steps 1 --timeout_s 120
+        bench smoke-1b --shape llama-1b --systems $systems --steps 1 --warmup_steps 1 --timeout_s 200
+        ;;
+    full)
+        bench llama-1b --shape llama-1b --systems $systems --steps 5 --warmup_steps 2 --timeout_s 240
+        bench llama-3b --shape llama-3b --systems $systems --steps 3 --warmup_steps 2 --timeout_s 240
+        ;;
+    *) echo "usage: $0 smoke|full OUT_DIR" >&2; exit 2 ;;
+esac
