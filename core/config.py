@@ -22,7 +22,7 @@ DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 class Config(BaseModel):
     """Every key a run accepts. Descriptions feed the README table and ``loraswitch config``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True, protected_namespaces=())
 
     # --- seed hyperparameters (names and defaults from seed-hyperparameters.md)
     lora_alpha: float = Field(64, gt=0, description="LoRA alpha; the update is scaled by lora_alpha / lora_r (or / sqrt(lora_r) with use_rslora).")

@@ -24,7 +24,7 @@ from typing import Any
 from . import rundir
 from .batch import MicroStep
 from .batching import collate, epoch_order, pack
-from .config import Config
+from .config import Config, validate
 from .errors import UserError
 from .evaluation import PAD_TO_MULTIPLE, eval_loss
 from .interrupt import StopRequest
@@ -59,8 +59,9 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     With ``resume=True``, ``config.output_dir`` is an existing run directory and ``config``
     should come from its config.yaml (see ``resume_config``)."""
     t_start = time.perf_counter()
-    if not resume:
-        config = _absolute_paths(config)
+    # Round-trip through validation so the run trains on exactly what config.yaml will give a
+    # resumed run (pydantic leaves defaults unconverted: lora_alpha 64 vs 64.0 after a reload).
+    config = validate(_absolute_paths(config).model_dump(), "config")
     run_dir = Path(config.output_dir)
 
     # ------------------------------------------------------------ setup: check before touching anything
@@ -87,7 +88,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     rows = pack(data.train, config.max_seq_len) if config.packing else data.train
     windows_per_epoch = len(plan_epoch(len(rows), config.batch_size, config.accumulation_steps))
     if saved is not None:
-        _check_checkpoint_matches(saved, config, fingerprint, checkpoint)
+        _check_checkpoint_matches(saved, config, fingerprint, checkpoint, windows_per_epoch)
 
     backend = create_backend(config.backend)
     backend.load(source, config)
@@ -269,8 +270,9 @@ def _mkdirs_then(fill):
 
 
 def _absolute_paths(config: Config) -> Config:
-    """Store data files and a local model directory as absolute paths, so --resume and
-    ``loraswitch evaluate RUN_DIR`` work from any working directory."""
+    """Data files and a local model directory as absolute paths, so --resume and
+    ``loraswitch evaluate RUN_DIR`` work from any working directory (a no-op when resuming:
+    config.yaml already holds them)."""
     update = {k: str(Path(getattr(config, k)).resolve()) for k in ("data", "validation_data") if getattr(config, k)}
     if Path(config.model).expanduser().is_dir():
         update["model"] = str(Path(config.model).expanduser().resolve())
@@ -289,7 +291,8 @@ def _finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def _check_checkpoint_matches(saved: dict[str, Any], config: Config, fingerprint: dict[str, str], checkpoint: Path) -> None:
+def _check_checkpoint_matches(saved: dict[str, Any], config: Config, fingerprint: dict[str, str], checkpoint: Path,
+                              windows_per_epoch: int) -> None:
     """A checkpoint from another backend, model or data set cannot continue this run."""
     where = checkpoint / rundir.TRAINER_STATE
     if saved.get("version") != STATE_VERSION:
@@ -304,6 +307,16 @@ def _check_checkpoint_matches(saved: dict[str, Any], config: Config, fingerprint
     missing = [k for k in asdict(TrainerState()) if k not in saved]
     if missing:
         raise UserError(f"{where}: missing keys {', '.join(missing)}")
+    for key in ("step", "epoch", "window", "tokens"):
+        if not isinstance(saved[key], int) or isinstance(saved[key], bool) or saved[key] < 0:
+            raise UserError(f"{where}: {key} = {saved[key]!r}: must be a non-negative integer")
+    for key in ("elapsed_s", "train_loss", "eval_loss"):
+        if not (isinstance(saved[key], (int, float)) or (saved[key] is None and key != "elapsed_s")):
+            raise UserError(f"{where}: {key} = {saved[key]!r}: must be a number")
+    if saved["eval_step"] is not None and not isinstance(saved["eval_step"], int):
+        raise UserError(f"{where}: eval_step = {saved['eval_step']!r}: must be an integer or null")
+    if saved["window"] >= windows_per_epoch:
+        raise UserError(f"{where}: window = {saved['window']} but an epoch of this run has {windows_per_epoch} windows")
 
 
 def _print_header(run: RunContext, state: TrainerState) -> None:
@@ -323,8 +336,6 @@ def resume_config(run_dir: str | Path, cli: dict[str, Any] | None = None, *, qui
     """The config of a run being resumed: its config.yaml wins, except the step budget and
     cadences (EXTENDABLE) which the command line may change; anything else the command line
     tries to change is reported in one line and ignored."""
-    from .config import validate
-
     run_dir = Path(run_dir)
     values = rundir.read_run_config(run_dir)
     values["output_dir"] = str(run_dir)

@@ -25,16 +25,17 @@ def micro_batches(n_examples: int, batch_size: int) -> list[range]:
     return [range(start, min(start + batch_size, n_examples)) for start in range(0, n_examples, batch_size)]
 
 
-def plan_epoch(n_examples: int, batch_size: int, accumulation_steps: int) -> list[Window]:
-    """The windows of one epoch, in order; together they cover ``range(n_examples)`` exactly once."""
+def plan_epoch(n_train_examples: int, batch_size: int, accumulation_steps: int) -> list[Window]:
+    """The windows of one epoch, in order; together they cover ``range(n_train_examples)``
+    exactly once (positions into that epoch's order, ``batching.epoch_order``)."""
     if accumulation_steps <= 0:
         raise ValueError(f"accumulation_steps must be > 0, got {accumulation_steps}")
-    mbs = micro_batches(n_examples, batch_size)
+    mbs = micro_batches(n_train_examples, batch_size)
     return [mbs[i:i + accumulation_steps] for i in range(0, len(mbs), accumulation_steps)]
 
 
-def steps_per_epoch(n_examples: int, batch_size: int, accumulation_steps: int) -> int:
-    return math.ceil(math.ceil(n_examples / batch_size) / accumulation_steps)
+def steps_per_epoch(n_train_examples: int, batch_size: int, accumulation_steps: int) -> int:
+    return math.ceil(math.ceil(n_train_examples / batch_size) / accumulation_steps)
 
 
 def total_steps(config: Config, n_examples: int) -> int:

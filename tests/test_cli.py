@@ -111,8 +111,9 @@ def test_train_then_evaluate_and_generate(cfg, capsys):
     assert rc == 0 and result["loss"] == pytest.approx(summary["final_eval_loss"])
     assert 0 <= result["exact_match"] <= 1 and result["exact_match_examples"] == summary["n_validation"]
 
+    # without --model, the adapter's base_model_name_or_path (random:tiny) is used
     rc, out, _ = run_cli(capsys, "evaluate", "--adapter", run / "adapter", "--data", cfg.parent / "train.jsonl",
-                         "--model", "random:tiny", "--backend", "numpy", "--no_generate", "--json")
+                         "--backend", "numpy", "--no_generate", "--json")
     assert rc == 0 and json.loads(out)["examples"] == 20
 
     rc, out, _ = run_cli(capsys, "generate", "--adapter", run, "--max_new_tokens", "5", "3+1=")

@@ -71,10 +71,13 @@ def adapter_bytes(run_dir: Path) -> dict[str, bytes]:
 
 
 class Recorder:
-    """A plugin registering backend "recording": the numpy backend, logging every MicroStep."""
+    """A plugin registering backend "recording": the numpy backend, logging every MicroStep
+    and calling ``on_eval_batch(n)`` before its n-th eval batch."""
 
-    def __init__(self):
+    def __init__(self, on_eval_batch=lambda n: None):
         self.micro = []
+        self.eval_batches = 0
+        self.on_eval_batch = on_eval_batch
 
     @hookimpl
     def register_backends(self, register):
@@ -88,6 +91,11 @@ class Recorder:
             def micro_step(self, micro):
                 recorder.micro.append(micro)
                 return super().micro_step(micro)
+
+            def eval_loss(self, batch):
+                recorder.eval_batches += 1
+                recorder.on_eval_batch(recorder.eval_batches)
+                return super().eval_loss(batch)
 
         register("recording", Recording)
 
@@ -208,6 +216,27 @@ def test_interrupt_checkpoints_the_last_step_and_resume_matches(tmp_path, data):
     assert resumed["final_eval_loss"] == full["final_eval_loss"]
 
 
+def test_interrupt_during_eval_is_evaluated_again_on_resume(tmp_path, data):
+    """SIGINT in the middle of the eval of step 6: the eval is abandoned, step 6 is
+    checkpointed, and the resumed run evaluates step 6 first, as the uninterrupted run did."""
+    kw = dict(backend="recording", n_steps=9, lora_dropout=0.1)
+    get_plugin_manager().register(Recorder(), name="recorder")
+    train(make_config(tmp_path, data, "full", **kw), quiet=True)
+    get_plugin_manager().unregister(name="recorder")
+
+    # 6 validation examples / batch_size 2 = 3 eval batches per eval; evals at steps 3 and 6
+    get_plugin_manager().register(Recorder(lambda n: n == 5 and os.kill(os.getpid(), signal.SIGINT)), name="recorder")
+    part = train(make_config(tmp_path, data, "part", **kw), quiet=True)
+    run = tmp_path / "part"
+    assert (part["stop_reason"], part["steps"], part["eval_step"]) == ("interrupted", 6, 3)
+    assert [m["step"] for m in lines(run, ("eval",))] == [3]
+
+    resumed = train(resume_config(run), resume=True, quiet=True)
+    assert resumed["steps"] == 9
+    assert lines(run) == lines(tmp_path / "full")
+    assert adapter_bytes(run) == adapter_bytes(tmp_path / "full")
+
+
 def test_crash_then_resume_ignores_partial_checkpoints(tmp_path, data):
     """A crash (here: a plugin raising after step 9) leaves checkpoint 8, a half-written tmp dir,
     a step dir without trainer_state.json and a torn metrics line; resume uses step 8."""
@@ -295,15 +324,17 @@ def test_packing_trains_on_packed_rows(tmp_path, data):
 
 def test_unwritable_output_dir(tmp_path, data):
     if os.geteuid() == 0:
-        pytest.skip("root can write anywhere")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
+        parent = Path("/proc")  # root may write anywhere else; nobody can create files in /proc
+    else:
+        parent = tmp_path / "locked"
+        parent.mkdir()
+        parent.chmod(0o500)
     try:
-        with pytest.raises(UserError, match="cannot write"):
-            train(make_config(tmp_path, data, output_dir=str(locked / "run")), quiet=True)
+        with pytest.raises(UserError, match="cannot write in /"):
+            train(make_config(tmp_path, data, output_dir=str(parent / "lsw-run")), quiet=True)
     finally:
-        locked.chmod(0o700)
+        if parent != Path("/proc"):
+            parent.chmod(0o700)
 
 
 def test_full_disk_is_refused_before_training(tmp_path, data, monkeypatch):
@@ -311,3 +342,16 @@ def test_full_disk_is_refused_before_training(tmp_path, data, monkeypatch):
     with pytest.raises(UserError, match="MiB free"):
         train(make_config(tmp_path, data), quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"backend": "torch"}, "checkpoint was written by backend 'torch'"),
+    ({"epoch": "one"}, "epoch = 'one': must be a non-negative integer"),
+    ({"window": 99}, "window = 99"),
+])
+def test_edited_trainer_state_is_named(tmp_path, data, edit, message):
+    train(make_config(tmp_path, data, n_steps=4), quiet=True)
+    path = tmp_path / "run/checkpoints/step-000004/trainer_state.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), **edit)))
+    with pytest.raises(UserError, match="trainer_state.json: " + message):
+        train(resume_config(tmp_path / "run", {"n_steps": 6}), resume=True, quiet=True)

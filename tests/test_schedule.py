@@ -10,7 +10,7 @@ from loraswitch.core.schedule import lr_at, lr_shape, micro_batches, plan_epoch,
 
 
 def test_short_last_micro_batch_and_window():
-    windows = plan_epoch(n_examples=23, batch_size=4, accumulation_steps=4)
+    windows = plan_epoch(n_train_examples=23, batch_size=4, accumulation_steps=4)
     # 23 examples -> 6 micro-batches (the last holds 3) -> windows of 4 and 2 micro-batches
     assert [len(w) for w in windows] == [4, 2]
     assert [len(r) for w in windows for r in w] == [4, 4, 4, 4, 4, 3]

@@ -37,7 +37,9 @@ def save_adapter(peft_model, directory: Path, base_model_name: str) -> None:
     readme = directory / "README.md"
     had_readme = readme.exists()
     peft_model.peft_config[ADAPTER_NAME].base_model_name_or_path = base_model_name
-    peft_model.save_pretrained(str(directory), safe_serialization=True)
+    # save_embedding_layers=False: "auto" would look the base model name up on the Hugging Face Hub,
+    # and LoRA here never targets embeddings (only linear layers pass check_target_modules).
+    peft_model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
     if not had_readme and readme.exists():
         readme.unlink()  # peft's model card is boilerplate; the run directory documents the run
     # peft keeps target_modules as a set and writes it in hash order; a stable order keeps

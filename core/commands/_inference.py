@@ -26,6 +26,8 @@ def adapter_settings(adapter_dir: Path) -> dict[str, Any]:
         raise UserError(f"{path}: needs an integer 'r' (PEFT adapter_config.json)")
     out: dict[str, Any] = {"lora_r": cfg["r"], "lora_alpha": cfg.get("lora_alpha", cfg["r"]),
                            "use_rslora": bool(cfg.get("use_rslora", False)), "lora_dropout": 0.0}
+    if isinstance(cfg.get("base_model_name_or_path"), str) and cfg["base_model_name_or_path"]:
+        out["base_model"] = cfg["base_model_name_or_path"]
     targets = cfg.get("target_modules")
     if isinstance(targets, str):
         targets = [targets]
@@ -67,7 +69,13 @@ def load_for_inference(*, model: str | None, backend_name: str | None, adapter: 
     if backend_name:
         values["backend"] = backend_name
     if adapter_dir is not None:
-        values.update(adapter_settings(adapter_dir))
+        settings = adapter_settings(adapter_dir)
+        # an adapter outside a run names its base model, as PEFT records it; a hub id (not
+        # downloadable here) falls back to the default model
+        base = settings.get("base_model") or ""
+        if "model" not in values and (base.startswith(("random:", "builtin:")) or Path(base).is_dir()):
+            values["model"] = base
+        values.update({k: v for k, v in settings.items() if k != "base_model"})
     values["lora_dropout"] = 0.0
     config = validate(values, "options")
     source = resolve_model(config.model)

@@ -31,6 +31,8 @@ def run(args) -> int:
         raise UserError("evaluate: give either RUN_DIR or --adapter DIR --data FILE")
     if args.adapter is not None and args.data is None:
         raise UserError("evaluate: --adapter needs --data FILE")
+    if args.max_new_tokens <= 0:
+        raise UserError(f"--max_new_tokens {args.max_new_tokens}: must be a positive integer")
     backend, tokenizer, config = load_for_inference(model=args.model, backend_name=args.backend,
                                                     adapter=args.run_dir or args.adapter)
     records = _records(config, args.data)
