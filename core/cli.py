@@ -24,6 +24,7 @@ from .errors import UserError
 # Subcommand name -> module under loraswitch.core.commands, in the order --help lists them.
 COMMANDS: dict[str, str] = {
     "train": "train",
+    "quickstart": "quickstart",
     "config": "config",
     "generate": "generate",
     "evaluate": "evaluate",

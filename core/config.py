@@ -67,6 +67,14 @@ class Config(BaseModel):
             return [m.strip() for m in v.split(",") if m.strip()]
         return v
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, v: Any, info: Any) -> Any:
+        # pydantic reads true as 1; `batch_size: yes` in YAML is a mistake, not a batch of one.
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float, int | None, float | None):
+            raise ValueError("must be a number, not true/false")
+        return v
+
     @field_validator("compile", mode="before")
     @classmethod
     def _compile_bool(cls, v: Any) -> Any:

@@ -13,6 +13,7 @@ any point and resumed ends with the same adapter bytes and metrics as one that n
 """
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import sys
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import rundir
+from . import kill_points, rundir
 from .batch import MicroStep
 from .batching import collate, epoch_order, pack
 from .config import Config, validate
@@ -69,7 +70,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     if resume:
         if not (run_dir / rundir.CONFIG).is_file():
             raise UserError(f"--resume {run_dir}: not a run directory (no {rundir.CONFIG})")
-        checkpoint = rundir.latest_complete_checkpoint(run_dir)
+        checkpoint = rundir.resume_checkpoint(run_dir)
         saved = rundir.verify_checkpoint(checkpoint) if checkpoint else None
     else:
         rundir.check_new_run(run_dir, overwrite=overwrite)
@@ -103,6 +104,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
         backend.load_state(checkpoint / "backend_state")
         state = TrainerState(**{k: saved[k] for k in asdict(state)})
     if resume:
+        rundir.remove_leftovers(run_dir)
         rundir.truncate_metrics(run_dir, state.step)
     else:
         rundir.clear_run_dir(run_dir)
@@ -134,9 +136,14 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
 
     def run_eval() -> bool:
         """Evaluate at state.step; False if interrupted part way (nothing recorded then)."""
+        batch_index = itertools.count()  # should_stop is polled once before each eval batch
+
+        def should_stop() -> bool:
+            kill_points.reached("eval", state.step, "batch", next(batch_index))
+            return stop.requested
+
         result = eval_loss(backend, data.validation, batch_size=config.batch_size, pad_id=pad_id,
-                           max_len=config.max_seq_len, max_batches=config.eval_batches,
-                           should_stop=lambda: stop.requested)
+                           max_len=config.max_seq_len, max_batches=config.eval_batches, should_stop=should_stop)
         if result is None:
             return False
         state.eval_loss, state.eval_step = result[0], state.step
@@ -154,6 +161,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
 
         def fill(tmp: Path) -> None:
             backend.save_adapter(tmp / rundir.ADAPTER)
+            kill_points.reached("checkpoint", state.step, "adapter")
             backend.save_state(tmp / "backend_state")
 
         path = rundir.write_checkpoint(run_dir, state.step, _mkdirs_then(fill), trainer_state)
@@ -191,10 +199,13 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
             # The loss is a token mean over the whole window, not a mean of micro-batch means.
             weight = 1.0 / max(1, sum(b.n_targets for b in batches))
             lr = lr_at(state.step, config)
-            contributions = [backend.micro_step(MicroStep(batch=b, weight=weight, apply_update=j == len(batches) - 1,
-                                                          lr=lr, step=state.step, micro=j, window_size=len(batches)))
-                             for j, b in enumerate(batches)]
+            contributions = []
+            for j, b in enumerate(batches):
+                kill_points.reached("step", state.step + 1, "micro", j)
+                contributions.append(backend.micro_step(MicroStep(batch=b, weight=weight, apply_update=j == len(batches) - 1,
+                                                                  lr=lr, step=state.step, micro=j, window_size=len(batches))))
             loss = sum(float(c) for c in contributions)  # one host sync per step
+            kill_points.reached("step", state.step + 1, "applied")
             if not math.isfinite(loss):
                 reason, bad = "non_finite_loss", (state.step + 1, loss)
                 break
@@ -253,6 +264,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
         summary["non_finite_step"], summary["non_finite_value"] = bad[0], repr(bad[1])
     if stop_signal:
         summary["signal"] = stop_signal
+    kill_points.reached("final", "summary")
     rundir.write_summary(run_dir, summary)
 
     # ------------------------------------------------------------ cleanup

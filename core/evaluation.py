@@ -54,9 +54,11 @@ def reference_pair(record: Record) -> tuple[list, str] | None:
 
 
 def exact_match(backend: Backend, tokenizer: ChatTokenizer, records: Sequence[Record], *,
-                max_new_tokens: int = 256) -> tuple[float, int] | None:
+                max_new_tokens: int = 256, samples: list[dict] | None = None,
+                n_samples: int = 2) -> tuple[float, int] | None:
     """Fraction of prompt/answer records whose greedy generation equals the reference
-    (whitespace-stripped), and how many were scored; None if no record has a reference."""
+    (whitespace-stripped), and how many were scored; None if no record has a reference.
+    The first ``n_samples`` (prompt, answer, reference) are appended to ``samples`` if given."""
     hits = scored = 0
     for record in records:
         pair = reference_pair(record)
@@ -69,6 +71,9 @@ def exact_match(backend: Backend, tokenizer: ChatTokenizer, records: Sequence[Re
             prompt_ids = tokenizer.encode_prompt(messages)
         new_ids = backend.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=0.0,
                                    stop_ids=tokenizer.eos_ids)
-        hits += int(tokenizer.decode(new_ids).strip() == reference.strip())
+        answer = tokenizer.decode(new_ids).strip()
+        hits += int(answer == reference.strip())
         scored += 1
+        if samples is not None and len(samples) < n_samples:
+            samples.append({"prompt": messages[-1].content, "answer": answer, "reference": reference})
     return (hits / scored, scored) if scored else None

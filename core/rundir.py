@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
+from . import kill_points
 from .errors import UserError
 
 CONFIG = "config.yaml"
@@ -109,6 +110,7 @@ def replace_dir(target: Path, fill: Callable[[Path], None]) -> None:
         _fsync_tree(tmp)
         if target.exists():
             os.replace(target, old)
+        kill_points.reached("replace", target.name)
         os.replace(tmp, target)
         fsync_dir(target.parent)
     finally:
@@ -172,8 +174,15 @@ def clear_run_dir(run_dir: Path) -> None:
             shutil.rmtree(p)
         elif p.exists() or p.is_symlink():
             p.unlink()
-    for p in run_dir.glob(".*.tmp-*"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    remove_leftovers(run_dir)
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete the temporary files and directories a killed writer left in ``run_dir``
+    (``.NAME.tmp-*`` from atomic writes and replace_dir, ``.NAME.old-*`` from replace_dir)."""
+    for pattern in (".*.tmp-*", ".*.old-*"):
+        for p in run_dir.glob(pattern):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def write_config(run_dir: Path, config_dict: dict[str, Any]) -> None:
@@ -239,6 +248,7 @@ def write_checkpoint(run_dir: Path, step: int, fill: Callable[[Path], None], tra
             files[p.relative_to(tmp).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
     state = dict(trainer_state, files=files)
     _fsync_tree(tmp)
+    kill_points.reached("checkpoint", step, "files")
     with open(tmp / TRAINER_STATE, "w", encoding="utf-8") as f:
         json.dump(state, f, indent=2, allow_nan=False)
         f.write("\n")
@@ -253,24 +263,43 @@ def write_checkpoint(run_dir: Path, step: int, fill: Callable[[Path], None], tra
     else:
         os.replace(tmp, final)
     fsync_dir(root)
+    kill_points.reached("checkpoint", step, "complete")
     return final
 
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any] | None:
     """The checkpoint's trainer state if the checkpoint is complete, else None."""
+    return _check_complete(checkpoint)[0]
+
+
+def _check_complete(checkpoint: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(trainer state, None) for a complete checkpoint, else (None, why not, naming the file)."""
+    path = checkpoint / TRAINER_STATE
     try:
-        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"{path}: missing"
+    except (OSError, ValueError) as e:
+        return None, f"{path}: not valid JSON ({e})"
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or not isinstance(state.get("files"), dict):
-        return None
+        return None, f"{path}: needs an integer 'step' and a 'files' table"
+    if state["step"] != _step_of(checkpoint):
+        return None, f"{path}: step = {state['step']!r}, but the directory is {checkpoint.name}"
     for name, info in state["files"].items():
         try:
-            if (checkpoint / name).stat().st_size != info["size"]:
-                return None
-        except (OSError, KeyError, TypeError):
-            return None
-    return state
+            size = (checkpoint / name).stat().st_size
+        except OSError:
+            return None, f"{checkpoint / name}: missing, though {TRAINER_STATE} lists it"
+        if not isinstance(info, dict) or size != info.get("size"):
+            return None, f"{checkpoint / name}: {size} bytes, but {TRAINER_STATE} lists {info!r}"
+    return state, None
+
+
+def _step_of(checkpoint: Path) -> int | None:
+    try:
+        return int(checkpoint.name[len(_PREFIX):]) if checkpoint.name.startswith(_PREFIX) else None
+    except ValueError:
+        return None
 
 
 def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -280,14 +309,8 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
         return []
     out = []
     for p in root.iterdir():
-        if not p.name.startswith(_PREFIX) or not p.is_dir():
-            continue
-        try:
-            step = int(p.name[len(_PREFIX):])
-        except ValueError:
-            continue
-        state = read_trainer_state(p)
-        if state is not None and state["step"] == step:
+        step = _step_of(p)
+        if step is not None and p.is_dir() and read_trainer_state(p) is not None:
             out.append((step, p))
     return sorted(out)
 
@@ -295,6 +318,23 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 def latest_complete_checkpoint(run_dir: str | Path) -> Path | None:
     found = complete_checkpoints(Path(run_dir))
     return found[-1][1] if found else None
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint --resume continues from: the latest complete one. A newer step directory
+    that holds a trainer_state.json but is not complete was damaged after it was written (a
+    killed writer leaves only a .tmp- directory, since a checkpoint is renamed into place once
+    complete); silently falling back would discard steps, or the whole run, so it is an error."""
+    latest = latest_complete_checkpoint(run_dir)
+    newest = _step_of(latest) if latest is not None else -1
+    root = run_dir / CHECKPOINTS
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        step = _step_of(p)
+        if step is not None and step > newest and (p / TRAINER_STATE).exists():
+            problem = _check_complete(p)[1]
+            raise UserError(f"{problem}; checkpoint {p} is damaged (delete it to resume from "
+                            f"{latest.name if latest else 'the start'})")
+    return latest
 
 
 def verify_checkpoint(checkpoint: Path) -> dict[str, Any]:
@@ -317,7 +357,10 @@ def prune_checkpoints(run_dir: Path, keep: int = KEEP_CHECKPOINTS) -> None:
     root = run_dir / CHECKPOINTS
     complete = complete_checkpoints(run_dir)
     for _, path in complete[:-keep] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
+        # Renamed out of view first: a kill during rmtree must not leave a step dir half deleted.
+        old = root / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(path, old)
+        shutil.rmtree(old, ignore_errors=True)
     if root.is_dir():
         for p in root.iterdir():
             if p.name.startswith((_TMP_PREFIX, ".old-")):

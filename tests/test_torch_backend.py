@@ -117,6 +117,29 @@ def test_backend_satisfies_the_protocol(tiny):
     assert facts["params_total"] > facts["params_trainable"]
 
 
+def test_random_init_is_seeded_and_bf16_trains_on_cpu(tmp_path):
+    """random_init sources (large benchmark shapes) are built by the backend itself, in the run's
+    precision; bf16 keeps the LoRA weights (and so AdamW) in fp32 and runs under autocast."""
+    path = write_random_model(tmp_path / "shape", "tiny", with_weights=False)
+    source = ModelSource(name="random:tiny", path=path, random_init=True, init_seed=3)
+
+    def up_proj(backend):
+        return backend.model.get_base_model().model.layers[0].mlp.up_proj.base_layer.weight
+
+    first, again = make_backend(source, precision="bf16"), make_backend(source, precision="bf16")
+    other = make_backend(ModelSource(name="random:tiny", path=path, random_init=True, init_seed=4), precision="bf16")
+    assert up_proj(first).dtype == torch.bfloat16
+    assert torch.equal(up_proj(first), up_proj(again)) and not torch.equal(up_proj(first), up_proj(other))
+    assert 0.015 < float(up_proj(first).float().std()) < 0.025  # the config's initializer_range, 0.02
+    assert {p.dtype for p in first.lora_parameters().values()} == {torch.float32}
+    assert first.describe()["precision"] == "bf16"
+
+    batch = make_batch(sequences(2, 12, seed=8), [3, 3])
+    losses = train(first, [batch], range(3), lr=3e-2)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert first.logits(batch).dtype == np.float32
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -204,6 +227,7 @@ def test_chunked_cross_entropy_matches_full_logits():
 # ---------------------------------------------------------------- adapters and state
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft probing transformers 5
 def test_saved_adapter_loads_in_peft_with_the_same_logits(tiny, tmp_path):
     from peft import PeftModel
     from transformers import LlamaForCausalLM
@@ -325,6 +349,15 @@ def test_weights_that_do_not_fit_config_are_named(tiny, tmp_path):
     save_file(weights, str(norm / "model.safetensors"))
     with pytest.raises(UserError, match=r"model\.safetensors: tensor 'model\.norm\.weight' has shape \[65\]"):
         make_backend(ModelSource(name="norm", path=norm))
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    path = write_random_model(tmp_path / "gpt2", "tiny", seed=0)
+    config = json.loads((path / "config.json").read_text())
+    config["architectures"] = ["GPT2LMHeadModel"]
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"config\.json: unsupported architecture \['GPT2LMHeadModel'\]"):
+        make_backend(ModelSource(name="gpt2", path=path))
 
 
 def test_cuda_asked_for_where_there_is_none(tiny):

@@ -11,9 +11,11 @@ Try it: ``loraswitch train --backend jax --model random:tiny --data examples/...
 """
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +68,69 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature, top_p) -> jax.A
     return jnp.where(temperature > 0, order[choice], greedy)
 
 
+@dataclass(frozen=True)
+class Statics:
+    """Everything the jitted functions close over. Equal statics share one set of jitted
+    functions, so a second backend with the same model and LoRA settings compiles nothing again."""
+
+    graphdef: Any
+    seed: int
+    prng: str
+    dropout_rate: float
+    weight_decay: float
+    max_grad_norm: float | None
+
+
+@dataclass(frozen=True)
+class Functions:
+    inner_tx: optax.GradientTransformation
+    micro_step: Callable
+    eval_loss: Callable
+    logits: Callable
+    extend: Callable
+
+
+@functools.cache
+def compiled_functions(statics: Statics) -> Functions:
+    graphdef, seed, prng, rate = statics.graphdef, statics.seed, statics.prng, statics.dropout_rate
+    inner_tx = optimizer.inner_optimizer(statics.weight_decay, statics.max_grad_norm)
+
+    def micro_step(lora, opt_state, frozen, input_ids, attention_mask, labels, weight, lr, window, step, micro):
+        key = None
+        if rate > 0:
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed, impl=prng), step), micro)
+
+        def weighted_loss(lora):
+            model = nnx.merge(graphdef, lora, frozen)
+            return model.loss_sum(input_ids, attention_mask, labels, dropout_key=key) * weight
+
+        loss, grads = jax.value_and_grad(weighted_loss)(lora)
+        tx = optimizer.accumulate(inner_tx, window)
+        updates, opt_state = tx.update(grads, optimizer.set_learning_rate(opt_state, lr), lora)
+        return optax.apply_updates(lora, updates), opt_state, loss
+
+    def eval_loss(lora, frozen, input_ids, attention_mask, labels):
+        return nnx.merge(graphdef, lora, frozen).loss_sum(input_ids, attention_mask, labels)
+
+    def logits(lora, frozen, input_ids, attention_mask):
+        model = nnx.merge(graphdef, lora, frozen)
+        hidden, _ = model.hidden_states(input_ids, attention_mask)
+        return model.logits(hidden)
+
+    def extend(lora, frozen, cache, ids, start, last, key, temperature, top_p):
+        """Run ``ids`` through the KV cache from position ``start``; sample after index ``last``."""
+        model = nnx.merge(graphdef, lora, frozen)
+        hidden, cache = model.hidden_states(ids, cache=cache, start=start)
+        logits = model.logits(jax.lax.dynamic_slice_in_dim(hidden, last, 1, axis=1))[0, 0]
+        return sample_token(logits, key, temperature, top_p), cache
+
+    return Functions(inner_tx=inner_tx,
+                     micro_step=jax.jit(micro_step, donate_argnums=(0, 1)),
+                     eval_loss=jax.jit(eval_loss),
+                     logits=jax.jit(logits),
+                     extend=jax.jit(extend, donate_argnums=(2,)))
+
+
 class JaxBackend:
     name = "jax"
 
@@ -90,9 +155,10 @@ class JaxBackend:
                        dropout_rate=config.lora_dropout)
         self.graphdef, self.lora, self.frozen = nnx.split(module, nnx.LoRAParam, ...)
         del module, weights
-        self.inner_tx = optimizer.inner_optimizer(config.weight_decay, config.max_grad_norm)
-        self._build_functions()
-        self.opt_state = optimizer.accumulate(self.inner_tx, 1).init(self.lora) if train else None
+        statics = Statics(self.graphdef, config.seed, self.options.prng, config.lora_dropout,
+                          config.weight_decay, config.max_grad_norm)
+        self.fn = compiled_functions(statics)
+        self.opt_state = optimizer.accumulate(self.fn.inner_tx, 1).init(self.lora) if train else None
         self._next_micro = 0
         self._loaded = True
 
@@ -106,44 +172,6 @@ class JaxBackend:
                 out[name] = (init_lora_a(jax.random.fold_in(root, i), (L, n_in, self.rank)),
                              jnp.zeros((L, self.rank, n_out), jnp.float32))
         return out
-
-    def _build_functions(self) -> None:
-        graphdef, inner_tx = self.graphdef, self.inner_tx
-        seed, prng, rate = self.config.seed, self.options.prng, self.config.lora_dropout
-
-        def micro_step(lora, opt_state, frozen, input_ids, attention_mask, labels, weight, lr, window, step, micro):
-            key = None
-            if rate > 0:
-                key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed, impl=prng), step), micro)
-
-            def weighted_loss(lora):
-                model = nnx.merge(graphdef, lora, frozen)
-                return model.loss_sum(input_ids, attention_mask, labels, dropout_key=key) * weight
-
-            loss, grads = jax.value_and_grad(weighted_loss)(lora)
-            tx = optimizer.accumulate(inner_tx, window)
-            updates, opt_state = tx.update(grads, optimizer.set_learning_rate(opt_state, lr), lora)
-            return optax.apply_updates(lora, updates), opt_state, loss
-
-        def eval_loss(lora, frozen, input_ids, attention_mask, labels):
-            return nnx.merge(graphdef, lora, frozen).loss_sum(input_ids, attention_mask, labels)
-
-        def logits(lora, frozen, input_ids, attention_mask):
-            model = nnx.merge(graphdef, lora, frozen)
-            hidden, _ = model.hidden_states(input_ids, attention_mask)
-            return model.logits(hidden)
-
-        def extend(lora, frozen, cache, ids, start, last, key, temperature, top_p):
-            """Run ``ids`` through the KV cache from position ``start``; sample after index ``last``."""
-            model = nnx.merge(graphdef, lora, frozen)
-            hidden, cache = model.hidden_states(ids, cache=cache, start=start)
-            logits = model.logits(jax.lax.dynamic_slice_in_dim(hidden, last, 1, axis=1))[0, 0]
-            return sample_token(logits, key, temperature, top_p), cache
-
-        self._micro_step = jax.jit(micro_step, donate_argnums=(0, 1))
-        self._eval_loss = jax.jit(eval_loss)
-        self._logits = jax.jit(logits)
-        self._extend = jax.jit(extend, donate_argnums=(2,))
 
     def _require(self, train: bool = False) -> None:
         if not self._loaded:
@@ -160,7 +188,7 @@ class JaxBackend:
             raise RuntimeError(f"accumulation out of step: core sent micro {micro.micro}/{micro.window_size} "
                                f"(apply_update={micro.apply_update}), backend expected micro {self._next_micro}")
         b = micro.batch
-        self.lora, self.opt_state, loss = self._micro_step(
+        self.lora, self.opt_state, loss = self.fn.micro_step(
             self.lora, self.opt_state, self.frozen, b.input_ids, b.attention_mask, b.labels,
             np.float32(micro.weight), np.float32(micro.lr), np.int32(micro.window_size),
             np.int32(micro.step), np.int32(micro.micro))
@@ -169,12 +197,12 @@ class JaxBackend:
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         self._require()
-        loss = self._eval_loss(self.lora, self.frozen, batch.input_ids, batch.attention_mask, batch.labels)
+        loss = self.fn.eval_loss(self.lora, self.frozen, batch.input_ids, batch.attention_mask, batch.labels)
         return float(loss), batch.n_targets
 
     def logits(self, batch: Batch) -> np.ndarray:
         self._require()
-        return np.asarray(self._logits(self.lora, self.frozen, batch.input_ids, batch.attention_mask), np.float32)
+        return np.asarray(self.fn.logits(self.lora, self.frozen, batch.input_ids, batch.attention_mask), np.float32)
 
     def generate(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
@@ -194,7 +222,7 @@ class JaxBackend:
         cache = (jnp.zeros(shape, module_dtype), jnp.zeros(shape, module_dtype))
         root = jax.random.PRNGKey(seed)
         temperature, top_p = np.float32(temperature), np.float32(top_p)
-        token, cache = self._extend(self.lora, self.frozen, cache, ids, np.int32(0), np.int32(n - 1),
+        token, cache = self.fn.extend(self.lora, self.frozen, cache, ids, np.int32(0), np.int32(n - 1),
                                     jax.random.fold_in(root, 0), temperature, top_p)
         out: list[int] = []
         for i in range(max_new_tokens):
@@ -204,7 +232,7 @@ class JaxBackend:
             out.append(t)
             if i + 1 == max_new_tokens:
                 break
-            token, cache = self._extend(self.lora, self.frozen, cache, np.array([[t]], np.int32),
+            token, cache = self.fn.extend(self.lora, self.frozen, cache, np.array([[t]], np.int32),
                                         np.int32(n + i), np.int32(0), jax.random.fold_in(root, i + 1),
                                         temperature, top_p)
         return out
