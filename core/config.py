@@ -51,7 +51,7 @@ class Config(BaseModel):
     max_grad_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm to this (off when null).")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU/TPU, fp32 on CPU.")
     compile: Literal["auto", "true", "false"] = Field("auto", description="torch backend: torch.compile the step (auto: on CUDA only).")
-    mesh: dict[str, int] | None = Field(None, description="Device mesh, e.g. {data: 2, fsdp: 2} (jax); null: all devices data-parallel.")
+    mesh: dict[str, int] | None = Field(None, description="Device mesh {data: D, fsdp: F}: D x F devices (torch: processes), base weights sharded F ways; null: all data-parallel (docs/distributed.md).")
     backend: str = Field("torch", description="Training backend: torch, jax, or one a plugin registers (`loraswitch backends`).")
     model: str = Field("builtin:smollm2-135m", description="A local Hugging Face directory, builtin:smollm2-135m, or random:<shape>.")
     data: str | None = Field(None, description="Training data, JSONL (messages, prompt/completion or text).")
@@ -175,8 +175,10 @@ def _check_keys(values: dict[str, Any], origin: str) -> None:
             raise UserError(f"{origin}: unknown key {key!r}{_nearest(str(key))}")
 
 
-def validate(values: dict[str, Any], origin: str = "config") -> Config:
-    """Build a Config, turning the first pydantic error into one line naming key, value and rule."""
+def validate(values: dict[str, Any], origin: str = "config", origins: dict[str, str] | None = None) -> Config:
+    """Build a Config, turning the first pydantic error into one line naming key, value and rule.
+    ``origins`` names where a key's value came from when that is not ``origin`` (the
+    environment, the command line), so the user is sent to the right place to fix it."""
     _check_keys(values, origin)
     try:
         return Config(**values)
@@ -185,7 +187,8 @@ def validate(values: dict[str, Any], origin: str = "config") -> Config:
         key = ".".join(str(x) for x in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
         if err["loc"]:
-            raise UserError(f"{origin}: {key} = {err.get('input')!r}: {msg}") from None
+            where = (origins or {}).get(str(err["loc"][0]), origin)
+            raise UserError(f"{where}: {key} = {err.get('input')!r}: {msg}") from None
         raise UserError(f"{origin}: {msg}") from None
 
 
@@ -202,7 +205,9 @@ def resolve(config_file: str | Path | None = None, cli: dict[str, Any] | None = 
     env = env_overrides(environ)
     values.update(env)
     values.update(cli or {})
-    config = validate(values, origin)
+    origins = {key: f"environment LORASWITCH_{key.upper()}" for key in env}
+    origins.update({key: "command line" for key in cli or {}})
+    config = validate(values, origin, origins)
     if config_file is not None:
         _resolve_paths_relative_to(config, Path(config_file).parent, file_values)
     return config

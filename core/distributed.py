@@ -85,10 +85,10 @@ def is_main_process() -> bool:
     return process_rank() == 0
 
 
-def mesh_sizes(mesh: dict[str, int] | None, n_devices: int, *, unit: str = "devices") -> tuple[int, int]:
+def mesh_sizes(mesh: dict[str, int] | None, n_devices: int, *, unit: str = "devices", hint: str = "") -> tuple[int, int]:
     """(data, fsdp) for config ``mesh`` over ``n_devices``; null means all data-parallel.
     Both axes split the batch (FSDP is data-parallel with sharded weights), so the
-    data-parallel size is their product, which must be ``n_devices``."""
+    data-parallel size is their product, which must be ``n_devices``. ``hint`` ends the error."""
     if mesh is None:
         return n_devices, 1
     unknown = [k for k in mesh if k not in MESH_AXES]
@@ -99,8 +99,9 @@ def mesh_sizes(mesh: dict[str, int] | None, n_devices: int, *, unit: str = "devi
             raise UserError(f"mesh: {key} = {value!r}; each axis size must be a positive integer")
     data, fsdp = mesh.get("data", 1), mesh.get("fsdp", 1)
     if data * fsdp != n_devices:
-        raise UserError(f"mesh: {mesh} spans {data * fsdp} {unit} but this run has {n_devices}; "
-                        f"make data x fsdp equal {n_devices} (or set mesh: null for all data-parallel)")
+        shown = "{" + ", ".join(f"{k}: {v}" for k, v in mesh.items()) + "}"
+        raise UserError(f"mesh: {shown} spans {data * fsdp} {unit} but this run has {n_devices}; make data x fsdp "
+                        f"equal {n_devices}, or set mesh: null (all data-parallel){hint}")
     return data, fsdp
 
 

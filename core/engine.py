@@ -10,6 +10,10 @@ directory. A backend only runs micro-steps. Run it with::
 Resume replays the same state: the epoch order is a function of (seed, epoch), dropout keys of
 (seed, step, micro), and the checkpoint holds the position inside the epoch; so a run killed at
 any point and resumed ends with the same adapter bytes and metrics as one that never stopped.
+
+Under torchrun (or any multi-process backend) every process runs this same loop on the same
+global micro-batches; only the main process writes the run directory and calls the observer
+plugins, and stop requests are agreed on by all processes (core/distributed.py).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import kill_points, rundir
+from . import distributed, kill_points, rundir
 from .batch import MicroStep
 from .batching import collate, epoch_order, pack
 from .config import Config, validate
@@ -93,6 +97,19 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
 
     backend = create_backend(config.backend)
     backend.load(source, config)
+    comm = distributed.communicator_of(backend)
+    distributed.activate(comm)
+    distributed.check_divisible(config.batch_size, comm.data_parallel_size)
+    main = comm.rank == 0
+    if resume and comm.any_true(saved is None) and comm.any_true(saved is not None):
+        raise UserError(f"--resume {run_dir}: some processes see a checkpoint there and others do not; "
+                        "put output_dir on a filesystem every host shares")
+
+    def notify(hook: str, **kwargs: Any) -> None:
+        """Observer plugins run on the main process only: one metrics file, one progress bar."""
+        if main:
+            call_hook(hook, **kwargs)
+
     description = backend.describe()
     trainable = int(description.get("params_trainable") or 0)
     # adapter + two AdamW moments in fp32, for each kept checkpoint, a new one and the final adapter
@@ -103,13 +120,15 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
         backend.load_adapter(checkpoint / rundir.ADAPTER)
         backend.load_state(checkpoint / "backend_state")
         state = TrainerState(**{k: saved[k] for k in asdict(state)})
-    if resume:
-        rundir.remove_leftovers(run_dir)
-        rundir.truncate_metrics(run_dir, state.step)
-    else:
-        rundir.clear_run_dir(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_config(run_dir, config.model_dump())
+    comm.barrier()  # every process has read the checkpoint and passed its checks before rank 0 writes
+    if main:
+        if resume:
+            rundir.remove_leftovers(run_dir)
+            rundir.truncate_metrics(run_dir, state.step)
+        else:
+            rundir.clear_run_dir(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_config(run_dir, config.model_dump())
 
     run = RunContext(config=config, run_dir=run_dir, backend=config.backend,
                      total_steps=total_steps(config, len(rows)), steps_per_epoch=windows_per_epoch,
@@ -117,9 +136,9 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
                      info={"backend": description, "model": source.name, "n_train": len(data.train),
                            "n_train_rows": len(rows), "n_validation": len(data.validation),
                            "n_truncated": data.n_truncated, "n_dropped": data.n_dropped})
-    if not quiet:
+    if not quiet and main:
         _print_header(run, state)
-    call_hook("on_run_start", run=run)
+    notify("on_run_start", run=run)
     setup_s = time.perf_counter() - t_start
 
     # ------------------------------------------------------------ train
@@ -140,7 +159,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
 
         def should_stop() -> bool:
             kill_points.reached("eval", state.step, "batch", next(batch_index))
-            return stop.requested
+            return comm.any_true(stop.requested)
 
         result = eval_loss(backend, data.validation, batch_size=config.batch_size, pad_id=pad_id,
                            max_len=config.max_seq_len, max_batches=config.eval_batches, should_stop=should_stop)
@@ -148,7 +167,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
             return False
         state.eval_loss, state.eval_step = result[0], state.step
         if math.isfinite(result[0]):
-            call_hook("on_eval", run=run, metrics={
+            notify("on_eval", run=run, metrics={
                 "event": "eval", "step": state.step, "epoch": state.epoch_progress(windows_per_epoch),
                 "eval_loss": result[0], "eval_tokens": result[1], "elapsed_s": elapsed()})
         return True
@@ -164,10 +183,14 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
             kill_points.reached("checkpoint", state.step, "adapter")
             backend.save_state(tmp / "backend_state")
 
-        path = rundir.write_checkpoint(run_dir, state.step, _mkdirs_then(fill), trainer_state)
+        # The adapter and optimizer state are whole on every process: rank 0 writes them; the
+        # others wait, so nobody moves on (or reads) before the checkpoint is complete.
+        if main:
+            path = rundir.write_checkpoint(run_dir, state.step, _mkdirs_then(fill), trainer_state)
+            rundir.prune_checkpoints(run_dir)
+            notify("on_checkpoint", run=run, step=state.step, path=path)
+        comm.barrier()
         saved_key = (state.step, state.eval_step)
-        rundir.prune_checkpoints(run_dir)
-        call_hook("on_checkpoint", run=run, step=state.step, path=path)
 
     def after_step() -> str | None:
         """Eval, stop checks and checkpoint for the step just completed (or resumed at)."""
@@ -189,7 +212,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
 
     with StopRequest() as stop:
         reason = after_step()  # a resumed run may stop at once, or owe the eval of its step
-        while reason is None and not stop.requested:
+        while reason is None and not comm.any_true(stop.requested):
             windows = plan_epoch(len(rows), config.batch_size, config.accumulation_steps)
             order = epoch_order(len(rows), config.seed, state.epoch)
             window = windows[state.window]
@@ -217,7 +240,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
             state.tokens += step_tokens
             state.train_loss = loss
             step_s = time.perf_counter() - t_step
-            call_hook("on_step_end", run=run, metrics={
+            notify("on_step_end", run=run, metrics={
                 "event": "step", "step": state.step, "epoch": state.epoch_progress(windows_per_epoch),
                 "loss": loss, "lr": lr, "tokens": state.tokens,
                 "tokens_per_s": step_tokens / step_s if step_s > 0 else 0.0, "elapsed_s": elapsed()})
@@ -234,8 +257,9 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     if latest is not None:
         # The final adapter is the last complete checkpoint's: after a non-finite loss that is
         # the last good state, never the diverged weights still in the backend.
-        rundir.replace_dir(run_dir / rundir.ADAPTER,
-                           lambda tmp: shutil.copytree(latest / rundir.ADAPTER, tmp, dirs_exist_ok=True))
+        if main:
+            rundir.replace_dir(run_dir / rundir.ADAPTER,
+                               lambda tmp: shutil.copytree(latest / rundir.ADAPTER, tmp, dirs_exist_ok=True))
         adapter_step = rundir.read_trainer_state(latest)["step"]
     summary = {
         "stop_reason": reason,
@@ -265,10 +289,12 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     if stop_signal:
         summary["signal"] = stop_signal
     kill_points.reached("final", "summary")
-    rundir.write_summary(run_dir, summary)
+    if main:
+        rundir.write_summary(run_dir, summary)
 
     # ------------------------------------------------------------ cleanup
-    call_hook("on_run_end", run=run, summary=summary)
+    notify("on_run_end", run=run, summary=summary)
+    comm.barrier()  # train() returns on every process once the run directory is final
     return summary
 
 
@@ -341,7 +367,8 @@ def _print_header(run: RunContext, state: TrainerState) -> None:
 
 # ---------------------------------------------------------------- resume: whose config wins
 
-EXTENDABLE = ("n_steps", "n_epochs", "eval_every", "save_every")
+# mesh places the run on devices without changing its arithmetic, so a resumed run may use another one.
+EXTENDABLE = ("n_steps", "n_epochs", "eval_every", "save_every", "mesh")
 
 
 def resume_config(run_dir: str | Path, cli: dict[str, Any] | None = None, *, quiet: bool = False) -> Config:

@@ -38,6 +38,13 @@ def eval_loss(backend: Backend, examples: Sequence[TokenizedExample], *, batch_s
     return (total / n_targets if n_targets else math.nan), n_targets
 
 
+def answers_match(prediction: str, reference: str) -> bool:
+    """The task metric: exact match, forgiving only surrounding whitespace (a trailing newline
+    before the end-of-turn token is common). Strict on purpose: the quickstart task is following
+    an output format, so a right answer wrapped in prose or a code fence counts as wrong."""
+    return prediction.strip() == reference.strip()
+
+
 def reference_pair(record: Record) -> tuple[list, str] | None:
     """(prompt messages, reference answer) for records with a prompt and an answer: the
     conversation before the last assistant turn, and that turn. Text records have none."""
@@ -72,7 +79,7 @@ def exact_match(backend: Backend, tokenizer: ChatTokenizer, records: Sequence[Re
         new_ids = backend.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=0.0,
                                    stop_ids=tokenizer.eos_ids)
         answer = tokenizer.decode(new_ids).strip()
-        hits += int(answer == reference.strip())
+        hits += int(answers_match(answer, reference))
         scored += 1
         if samples is not None and len(samples) < n_samples:
             samples.append({"prompt": messages[-1].content, "answer": answer, "reference": reference})

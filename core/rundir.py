@@ -291,7 +291,8 @@ def _check_complete(checkpoint: Path) -> tuple[dict[str, Any] | None, str | None
         except OSError:
             return None, f"{checkpoint / name}: missing, though {TRAINER_STATE} lists it"
         if not isinstance(info, dict) or size != info.get("size"):
-            return None, f"{checkpoint / name}: {size} bytes, but {TRAINER_STATE} lists {info!r}"
+            listed = info.get("size") if isinstance(info, dict) else info
+            return None, f"{checkpoint / name}: {size} bytes, but {TRAINER_STATE} lists {listed!r} bytes"
     return state, None
 
 

@@ -127,6 +127,7 @@ def test_bench_on_tiny_cpu_trains_every_system(tmp_path, capsys):
     line = data["machine"]["command"]
     assert line[:2] == ["loraswitch", "bench"] and line[line.index("--shape") + 1] == "tiny"
     assert data["machine"]["versions"]["numpy"]
+    assert data["machine"]["environment"]["JAX_PLATFORMS"] == "cpu"  # set by conftest; switches are recorded
     assert data["problems"] == []
     assert [r["system"] for r in data["systems"]] == wanted
     losses = {}

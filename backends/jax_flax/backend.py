@@ -144,7 +144,7 @@ class JaxBackend:
         self.source, self.config = model, config
         self.spec = spec_from_config(model.config, model.path / "config.json")
         self.device = jax.devices()[0]
-        self.options = choose_options(self.device.platform, config.precision)
+        self.options = choose_options(self.device.platform, config.precision, self.spec.head_dim)
         self.targets = resolve_targets(list(config.lora_target_modules))
         self.rank = config.lora_r
         dtype = jnp.dtype(self.options.dtype)
@@ -302,7 +302,7 @@ class JaxBackend:
             "backend": self.name,
             "framework": f"jax {jax.__version__} + flax {self._versions()['flax']} + optax {optax.__version__}",
             **self._versions(),
-            "device": f"{self.device.platform}:{getattr(self.device, 'device_kind', '')}".rstrip(":"),
+            "device": self.device.platform if self.device.platform == "cpu" else f"{self.device.platform} ({self.device.device_kind})",
             "device_count": jax.device_count(),
             "precision": "bf16" if self.options.dtype == "bfloat16" else "fp32",
             "attention": self.options.attention,

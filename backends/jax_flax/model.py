@@ -11,6 +11,7 @@ XLA's elsewhere (causal plus a key-padding mask, so even pad positions match HF'
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -186,33 +187,68 @@ class Llama(nnx.Module):
         return jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
 
 
-def chunked_cross_entropy_sum(hidden: jax.Array, embedding: jax.Array, targets: jax.Array, chunk: int) -> jax.Array:
-    """lm_head + cross-entropy over ``chunk`` tokens at a time, each chunk rematerialised in the
-    backward pass: fp32 logits over a 128k vocabulary never exist for the whole micro-batch."""
+def _chunks(hidden: jax.Array, targets: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
+    """[tokens, d] and [tokens] in chunks of ``chunk`` tokens, padded with ignored targets."""
     d = hidden.shape[-1]
-    h = hidden.reshape(-1, d)
-    t = targets.reshape(-1)
-    n = h.shape[0]
-    chunk = min(chunk, n)
-    pad = -n % chunk
+    h, t = hidden.reshape(-1, d), targets.reshape(-1)
+    chunk = min(chunk, h.shape[0])
+    pad = -h.shape[0] % chunk
     if pad:
         h = jnp.pad(h, ((0, pad), (0, 0)))
         t = jnp.pad(t, (0, pad), constant_values=IGNORE_INDEX)
+    return h.reshape(-1, chunk, d), t.reshape(-1, chunk)
 
-    @jax.checkpoint
-    def chunk_loss(h_c, t_c):
-        logits = jnp.einsum("nd,vd->nv", h_c, embedding, preferred_element_type=jnp.float32)
-        target_logit = jnp.take_along_axis(logits, jnp.maximum(t_c, 0)[:, None], axis=-1)[:, 0]
-        ce = jax.nn.logsumexp(logits, axis=-1) - target_logit
-        return jnp.sum(jnp.where(t_c != IGNORE_INDEX, ce, 0.0))
 
-    n_chunks = h.shape[0] // chunk
-    if n_chunks == 1:
-        return chunk_loss(h, t)
+def _chunk_logits(h_c: jax.Array, embedding: jax.Array) -> jax.Array:
+    return jnp.einsum("nd,vd->nv", h_c, embedding, preferred_element_type=jnp.float32)
+
+
+def _chunk_loss(logits: jax.Array, t_c: jax.Array) -> tuple[jax.Array, jax.Array]:
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, jnp.maximum(t_c, 0)[:, None], axis=-1)[:, 0]
+    valid = t_c != IGNORE_INDEX
+    return jnp.sum(jnp.where(valid, lse - target_logit, 0.0)), lse
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def chunked_cross_entropy_sum(hidden: jax.Array, embedding: jax.Array, targets: jax.Array, chunk: int) -> jax.Array:
+    """Sum over target tokens of the fp32 cross-entropy of ``hidden @ embedding.T``, computed
+    ``chunk`` tokens at a time, so fp32 logits over a 128k vocabulary never exist for the whole
+    micro-batch.
+
+    The gradient is computed in the forward pass, chunk by chunk (dh = (softmax - onehot) @ W,
+    in the compute dtype), and kept as the only residual: no logits are stored or recomputed,
+    and the backward matmul runs in bf16 (autodiff of an fp32-accumulating matmul would run it
+    in fp32). ``embedding`` is frozen: it gets no gradient.
+    """
+    h, t = _chunks(hidden, targets, chunk)
 
     def body(total, xs):
-        return total + chunk_loss(*xs), None
+        return total + _chunk_loss(_chunk_logits(xs[0], embedding), xs[1])[0], None
 
-    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32),
-                            (h.reshape(n_chunks, chunk, d), t.reshape(n_chunks, chunk)))
-    return total
+    return jax.lax.scan(body, jnp.zeros((), jnp.float32), (h, t))[0]
+
+
+def _ce_forward(hidden, embedding, targets, chunk):
+    h, t = _chunks(hidden, targets, chunk)
+
+    def body(total, xs):
+        h_c, t_c = xs
+        logits = _chunk_logits(h_c, embedding)
+        loss, lse = _chunk_loss(logits, t_c)
+        vocab = jnp.arange(logits.shape[-1])
+        dlogits = jnp.exp(logits - lse[:, None]) - (vocab[None, :] == t_c[:, None])
+        dlogits = jnp.where((t_c != IGNORE_INDEX)[:, None], dlogits, 0.0).astype(h_c.dtype)
+        dh = jnp.einsum("nv,vd->nd", dlogits, embedding, preferred_element_type=jnp.float32)
+        return total + loss, dh.astype(h_c.dtype)
+
+    total, dh = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h, t))
+    n = hidden.shape[0] * hidden.shape[1]
+    return total, dh.reshape(-1, hidden.shape[-1])[:n].reshape(hidden.shape)
+
+
+def _ce_backward(chunk, dh, cotangent):
+    return (cotangent * dh).astype(dh.dtype), None, None
+
+
+chunked_cross_entropy_sum.defvjp(_ce_forward, _ce_backward)

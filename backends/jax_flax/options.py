@@ -37,7 +37,7 @@ def _env(name: str, default: str, allowed: tuple[str, ...] | None = None) -> str
     return value
 
 
-def choose_options(platform: str, precision: str) -> Options:
+def choose_options(platform: str, precision: str, head_dim: int = 64) -> Options:
     """``platform`` is jax's ("cpu", "gpu", "tpu"); ``precision`` the config value auto|fp32|bf16."""
     accelerator = platform in ("gpu", "cuda", "rocm", "tpu")
     if precision == "auto":
@@ -45,7 +45,10 @@ def choose_options(platform: str, precision: str) -> Options:
     dtype = "bfloat16" if precision == "bf16" else "float32"
     attention = _env("LORASWITCH_JAX_ATTENTION", "auto", ("auto", "cudnn", "xla"))
     if attention == "auto":
-        attention = "cudnn" if platform in ("gpu", "cuda") and dtype == "bfloat16" else "xla"
+        # cuDNN's flash attention takes bf16/fp16 with a head dim that is a multiple of 8, <= 128
+        # on every GPU generation (256 from Hopper on; 128 keeps the choice hardware-independent).
+        cudnn_ok = platform in ("gpu", "cuda") and dtype == "bfloat16" and head_dim % 8 == 0 and head_dim <= 128
+        attention = "cudnn" if cudnn_ok else "xla"
     remat = _env("LORASWITCH_JAX_REMAT", "none")
     if remat not in ("none", "dots", "full") and not remat.startswith("names:"):
         raise UserError(f"LORASWITCH_JAX_REMAT={remat!r}: expected none, dots, full or names:{','.join(REMAT_NAMES)}")

@@ -39,7 +39,12 @@ def save_adapter(peft_model, directory: Path, base_model_name: str) -> None:
     peft_model.peft_config[ADAPTER_NAME].base_model_name_or_path = base_model_name
     # save_embedding_layers=False: "auto" would look the base model name up on the Hugging Face Hub,
     # and LoRA here never targets embeddings (only linear layers pass check_target_modules).
-    peft_model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
+    # The LoRA tensors are handed over rather than read through model.state_dict(): under FSDP2
+    # that call reshards the model on the one process that saves, and the processes' next
+    # forwards would then disagree on which weights to gather.
+    lora_state = {name: p.detach() for name, p in peft_model.named_parameters() if ".lora_A." in name or ".lora_B." in name}
+    peft_model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False,
+                               state_dict=lora_state)
     if not had_readme and readme.exists():
         readme.unlink()  # peft's model card is boilerplate; the run directory documents the run
     # peft keeps target_modules as a set and writes it in hash order; a stable order keeps

@@ -4,6 +4,10 @@ The hot path (``micro_step``) is: decoder forward (optionally torch.compile'd) -
 that predict a target -> chunked cross-entropy through the frozen lm_head -> backward, and on
 the window's last micro-batch one fused AdamW step. Nothing in it waits for the device: the
 returned loss stays a tensor until the engine converts it once per window.
+
+Under torchrun (WORLD_SIZE > 1) each process trains its contiguous block of every global
+micro-batch, through DDP or, with ``mesh: {fsdp: N}``, with FSDP2-sharded base weights
+(``distributed.py``); the LoRA weights and optimizer state stay whole on every process.
 """
 from __future__ import annotations
 
@@ -16,21 +20,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from loraswitch.core.backend import LossValue
 from loraswitch.core.batch import Batch, MicroStep
 from loraswitch.core.config import Config
+from loraswitch.core.distributed import mesh_sizes, shard_rows
 from loraswitch.core.model_source import ModelSource
 
-from . import adapter_io, optimizer_state
+from . import adapter_io, distributed, optimizer_state
 from .generation import generate_tokens
 from .loss import chunk_loss, chunk_loss_and_grad, target_cross_entropy, target_positions
 from .model_loading import Placement, check_target_modules, choose_placement, load_base_model
 
 
-def dropout_seed(seed: int, step: int, micro: int) -> int:
+def dropout_seed(seed: int, step: int, micro: int, rank: int | None = None) -> int:
     """A stateless seed for the dropout of one micro-step: resume replays the same masks
-    without saving any RNG state. SeedSequence mixes the three numbers without collisions
-    that a linear formula would have, and unlike ``hash`` it is stable across processes."""
-    words = np.random.SeedSequence([seed, step, micro]).generate_state(2, dtype=np.uint32)
+    without saving any RNG state. SeedSequence mixes the numbers without collisions that a
+    linear formula would have, and unlike ``hash`` it is stable across processes. Processes of
+    one run pass their ``rank``, so their blocks of a micro-batch get independent masks."""
+    entropy = [seed, step, micro] if rank is None else [seed, step, micro, rank]
+    words = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return (int(words[0]) << 31) | (int(words[1]) >> 1)
 
 
@@ -41,6 +49,8 @@ class TorchBackend:
         self.requested_device = device
         self.model = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.group: distributed.ProcessGroup | None = None  # set under torchrun
+        self.communicator = None  # the core's view of self.group (core.distributed.Communicator)
 
     @classmethod
     def from_environment(cls) -> "TorchBackend":
@@ -53,18 +63,35 @@ class TorchBackend:
         from peft import LoraConfig, get_peft_model
 
         self.config, self.source = config, model
-        self.placement: Placement = choose_placement(config.precision, config.compile, self.requested_device)
-        base = load_base_model(model, self.placement)
-        targets = check_target_modules(base, config.lora_target_modules)
-        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=targets, use_rslora=config.use_rslora, bias="none",
-                          task_type="CAUSAL_LM")
-        # peft creates LoRA A on the host and moves it: the same seed gives the same init on CPU and GPU.
-        torch.manual_seed(config.seed)
-        # LoRA weights stay fp32 under a bf16 base (autocast_adapter_dtype), so AdamW updates them in fp32.
+        device = self.requested_device
+        if distributed.launched_with_several_processes():
+            device = distributed.process_device(self.requested_device)
+            self.group = self.communicator = distributed.start(device, config.mesh, config.batch_size)
+        else:
+            mesh_sizes(config.mesh, 1, unit="processes",
+                       hint="; torch runs one process per device: torchrun --nproc_per_node N -m loraswitch.core.cli train ...")
+        self.placement: Placement = choose_placement(config.precision, config.compile, device)
+        sharded = self.group is not None and self.group.sharded
+
+        def lora_config(targets: list[str]) -> LoraConfig:
+            return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                              target_modules=targets, use_rslora=config.use_rslora, bias="none",
+                              task_type="CAUSAL_LM")
+
         with warnings.catch_warnings():  # peft probes a property transformers 5 deprecates
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            self.model = get_peft_model(base, lora, autocast_adapter_dtype=True)
+            if sharded:
+                from .sharded_loading import load_sharded_peft_model
+
+                targets = _checked_targets_on_meta(model, config.lora_target_modules)
+                self.model = load_sharded_peft_model(model, self.placement, lora_config(targets), config.seed, self.group)
+            else:
+                base = load_base_model(model, self.placement)
+                targets = check_target_modules(base, config.lora_target_modules)
+                # peft creates LoRA A on the host and moves it: the same seed gives the same init on CPU and GPU.
+                torch.manual_seed(config.seed)
+                # LoRA weights stay fp32 under a bf16 base (autocast_adapter_dtype), so AdamW updates them in fp32.
+                self.model = get_peft_model(base, lora_config(targets), autocast_adapter_dtype=True)
         self.model.peft_config[adapter_io.ADAPTER_NAME].base_model_name_or_path = model.name
         self.autocast = self.placement.dtype == torch.bfloat16
         if self.autocast:
@@ -80,10 +107,18 @@ class TorchBackend:
         self._hidden_fn = self._decoder_hidden
         self._loss_fn, self._loss_and_grad_fn = chunk_loss, chunk_loss_and_grad
         if self.placement.compile:
-            self._hidden_fn = torch.compile(self._decoder_hidden)
+            # Under FSDP2 the decoder's forward runs collectives in module hooks; it stays eager
+            # (the loss, on whole local tensors, is still compiled).
+            if not sharded:
+                self._hidden_fn = torch.compile(self._decoder_hidden)
             self._loss_fn = torch.compile(chunk_loss)
             self._loss_and_grad_fn = torch.compile(chunk_loss_and_grad)
 
+        self._ddp = None
+        self._window: distributed.WindowLosses | None = None
+        if self.group is not None and not sharded:
+            loss_module = distributed.TargetLossModule(self.decoder, self.head, self._target_loss)
+            self._ddp = distributed.wrap_ddp(loss_module, self.group)
         self.optimizer = None
         if train:
             self.optimizer = torch.optim.AdamW(
@@ -102,12 +137,44 @@ class TorchBackend:
     def micro_step(self, micro: MicroStep) -> torch.Tensor:
         if self.optimizer is None:
             raise RuntimeError("micro_step needs a backend loaded with train=True")
+        if self.group is not None:
+            return self._distributed_micro_step(micro)
         torch.manual_seed(dropout_seed(self.config.seed, micro.step, micro.micro))
         loss = self._target_loss(micro.batch) * micro.weight
         loss.backward()
         if micro.apply_update:
             self._apply_update(micro.lr)
         return loss.detach()
+
+    def _distributed_micro_step(self, micro: MicroStep) -> LossValue:
+        """This process's rows of the global micro-batch, with the global weight; gradients are
+        summed over processes on the window's last micro-batch (DDP's hook, or one all-reduce of
+        the LoRA gradients under FSDP), so every process applies the same update."""
+        group = self.group
+        torch.manual_seed(dropout_seed(self.config.seed, micro.step, micro.micro, group.rank))
+        batch = shard_rows(micro.batch, group.rank, group.data_parallel_size)
+        if self._ddp is not None:
+            sync = contextlib.nullcontext() if micro.apply_update else self._ddp.no_sync()
+            with sync:
+                loss = self._ddp(batch) * micro.weight
+                loss.backward()
+        else:
+            loss = self._target_loss(batch) * micro.weight
+            loss.backward()
+        if self._window is None:
+            self._window = distributed.WindowLosses()
+        contribution = self._window.add(loss)
+        if micro.apply_update:
+            if self._ddp is None:
+                params = list(self.params.values())
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                group.all_reduce_sum_([p.grad for p in params])
+            self._apply_update(micro.lr)
+            self._window.reduce(group)
+            self._window = None
+        return contribution
 
     def _apply_update(self, lr: float) -> None:
         params = list(self.params.values())
@@ -124,16 +191,28 @@ class TorchBackend:
     def _target_loss(self, batch: Batch) -> torch.Tensor:
         """Sum of cross-entropy over the batch's targets (grad-enabled unless called under no_grad)."""
         rows, targets = target_positions(batch.labels)
+        # A process whose rows hold no target still runs the whole graph, scaled by 0, so that
+        # DDP sees a gradient for every LoRA weight (LoRA on lm_head included) on every process.
+        scale = 0.0 if self.group is not None and rows.size == 0 else None
+        if scale is not None:
+            rows, targets = np.zeros(1, np.int64), np.zeros(1, np.int64)
         input_ids, attention_mask = self._inputs(batch, causal_suffices=True)
         with self._autocast():
             hidden = self._hidden_fn(input_ids, attention_mask)
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, self._to_device(rows))
-        return target_cross_entropy(hidden, self.head, self._to_device(targets),
+        loss = target_cross_entropy(hidden, self.head, self._to_device(targets),
                                     loss_fn=self._loss_fn, loss_and_grad_fn=self._loss_and_grad_fn)
+        return loss if scale is None else loss * scale
 
     # ------------------------------------------------------------------ evaluation
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        if self.group is not None:  # each process its rows; every process gets the global sum
+            local = shard_rows(batch, self.group.rank, self.group.data_parallel_size)
+            with torch.no_grad(), self._eval_mode():
+                loss = self._target_loss(local).detach().float().reshape(1)
+            self.group.all_reduce_sum_([loss])
+            return float(loss), batch.n_targets
         with torch.no_grad(), self._eval_mode():
             loss = self._target_loss(batch)
         return float(loss), batch.n_targets
@@ -191,6 +270,8 @@ class TorchBackend:
             "attention": "sdpa",
             "params_total": sum(p.numel() for p in unique),
             "params_trainable": sum(p.numel() for p in unique if p.requires_grad),
+            "processes": self.group.world_size if self.group is not None else 1,
+            "parallel": self.group.layout if self.group is not None else "none",
         }
 
     # ------------------------------------------------------------------ helpers
@@ -227,3 +308,12 @@ class TorchBackend:
         finally:
             self.model.train(was_training)
 
+
+def _checked_targets_on_meta(model: ModelSource, targets: list[str]) -> list[str]:
+    """check_target_modules on a shapes-only model, for the sharded path that never builds a whole one."""
+    from .model_loading import _hf_config, _model_class, architecture_of
+
+    architecture = architecture_of(model)
+    with torch.device("meta"):
+        skeleton = _model_class(architecture)(_hf_config(model, architecture))
+    return check_target_modules(skeleton, targets)

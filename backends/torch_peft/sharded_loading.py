@@ -62,7 +62,8 @@ def load_sharded_peft_model(model: ModelSource, placement: Placement, lora_confi
     peft_model.to_empty(device=placement.device)
     causal_lm = peft_model.get_base_model()
     if tied:  # to_empty gives every module its own storage; the head reads the embedding again
-        causal_lm.lm_head.weight = causal_lm.model.embed_tokens.weight
+        head = causal_lm.lm_head
+        getattr(head, "base_layer", head).weight = causal_lm.model.embed_tokens.weight
     _rebuild_buffers(causal_lm, placement.device)
     with torch.no_grad():
         if model.random_init:
@@ -101,7 +102,7 @@ def _rebuild_buffers(causal_lm: torch.nn.Module, device: torch.device) -> None:
         for key in own:
             module._buffers[key] = fresh._buffers[key].to(device)
         for key, value in vars(fresh).items():  # plain attributes computed with the buffers (attention_scaling)
-            if not key.startswith("_") and isinstance(value, (int, float)):
+            if not key.startswith("_") and isinstance(value, (int, float)) and not isinstance(value, bool):
                 setattr(module, key, value)
 
 

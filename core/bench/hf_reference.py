@@ -42,7 +42,8 @@ class HFReference:
             with torch.device(self.device):
                 model = LlamaForCausalLM(cfg).to(dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=dtype, attn_implementation="sdpa").to(self.device)
+            model = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=dtype, attn_implementation="sdpa",
+                                                         use_safetensors=True).to(self.device)
         torch.manual_seed(s.seed)
         lora = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
                           target_modules=list(s.lora_target_modules), task_type="CAUSAL_LM")

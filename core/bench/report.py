@@ -44,7 +44,7 @@ def _title(report: dict[str, Any]) -> str:
 def notes(report: dict[str, Any]) -> list[str]:
     out = list(report["problems"])
     if any(r.get("peak_memory_includes_warmup") for r in report["systems"]):
-        out.append("* peak memory read from JAX, which cannot reset its peak: includes loading and warm-up")
+        out.append("(*) peak memory read from JAX, which cannot reset its peak: includes loading and warm-up")
     return out
 
 
@@ -71,7 +71,11 @@ def markdown(report: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
     lines += [f"- machine: {m.get('gpu') or 'CPU'}" + (f" (driver {m['driver']})" if m.get("driver") else "")
               + f", Python {m['python']}; {versions}",
-              "- command: `" + " ".join(m["command"]) + "`", ""]
+              "- command: `" + " ".join(m["command"]) + "`"]
+    env = m.get("environment") or {}
+    if env:
+        lines.append("- environment: " + ", ".join(f"`{k}={v}`" for k, v in env.items()))
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from .worker import RESULT_MARKER
 # Losses of systems that start from independently drawn LoRA weights and dropout masks, in bf16,
 # agree to about 1% after a few steps; a larger gap means a system computes a different loss.
 LOSS_REL_TOLERANCE = 0.02
+ENV_PREFIXES = ("LORASWITCH_", "XLA_", "JAX_", "TF_", "PYTORCH_", "TORCH", "CUDA_VISIBLE_DEVICES", "NVIDIA_TF32")
 
 
 def available_systems() -> dict[str, str | None]:
@@ -143,6 +144,9 @@ def machine_facts(command: list[str]) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "versions": {d: version(d) for d in ("loraswitch", "torch", "transformers", "peft", "jax", "jaxlib", "flax", "optax", "numpy")},
         "command": command,
+        # Backend performance switches (LORASWITCH_JAX_REMAT, XLA_FLAGS, ...) change the numbers
+        # without being settings, so the report keeps them beside the command line.
+        "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)},
         "gpu": None,
         "driver": None,
     }

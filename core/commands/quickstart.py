@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help=f"default: {DEFAULT_CONFIG}")
     p.add_argument("--heldout", default=DEFAULT_HELDOUT, metavar="FILE",
                    help=f"held-out chat JSONL for the exact-match metric (default: {DEFAULT_HELDOUT})")
-    p.add_argument("--max_new_tokens", type=int, default=48, metavar="N")
+    p.add_argument("--max_new_tokens", type=int, default=24, metavar="N", help="generation budget per answer (the answers are ~15 tokens)")
     p.epilog = "Any config key can be given as --KEY VALUE; the run is overwritten if it exists."
 
 

@@ -26,10 +26,13 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..config import env_overrides, read_config_file, resolve
+    from ..distributed import is_main_process
     from ..engine import resume_config, train
     from ..errors import UserError
     from ..interrupt import EXIT_CODES
 
+    if not is_main_process():  # under torchrun: one process speaks for the run
+        args.quiet = True
     if args.resume:
         if args.overwrite:
             raise UserError("--resume and --overwrite contradict each other; choose one")

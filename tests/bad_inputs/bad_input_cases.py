@@ -1,7 +1,7 @@
 """The bad-input corpus: one row per case, as data. test_bad_inputs.py runs every row.
 
 A row is ``Case(name, argv, expect, files=..., prepare=..., env=...)``. Before it runs, the case
-directory ``{d}`` holds ``train.jsonl`` (20 good records), ``config.yaml`` (``{cfg}``: a valid
+directory ``{d}`` holds ``train.jsonl`` (20 good records), ``run.yaml`` (``{cfg}``: a valid
 numpy-backend config training into ``{run}``) and, in ``{run}``, a copy of a finished 4-step run
 (checkpoints 2 and 4). ``files`` are then written under ``{d}`` and ``prepare(ctx)`` edits what
 it needs (a model directory, a checkpoint, a plugin package). Placeholders ``{d}``, ``{run}``,
@@ -88,11 +88,14 @@ def checkpoint(edit: Callable[[Path], None], resealed: bool = False) -> Callable
 
 
 def rank8_adapter(ckpt: Path) -> None:
+    """Replace the rank-4 adapter with a rank-8 one of the same model width."""
     import numpy as np
     from loraswitch_numpy import files
+    from safetensors.numpy import load_file
 
+    dim = load_file(str(ckpt / "adapter" / files.ADAPTER_WEIGHTS))[files.KEY_A].shape[1]
     rng = np.random.default_rng(0)
-    files.write_adapter(ckpt / "adapter", rng.normal(size=(8, 64)), rng.normal(size=(64, 8)),
+    files.write_adapter(ckpt / "adapter", rng.normal(size=(8, dim)), rng.normal(size=(dim, 8)),
                         dict(json.loads((ckpt / "adapter/adapter_config.json").read_text()), r=8))
 
 
@@ -182,18 +185,19 @@ CASES: list[Case] = [
     Case("config-range-grad-norm", ["train", "{d}/c.yaml", "--quiet"], "max_grad_norm = 0", files={"c.yaml": "max_grad_norm: 0\n"}),
     Case("config-range-training-split", ["train", "{d}/c.yaml", "--quiet"], "training_split = 1.0",
          files={"c.yaml": "training_split: 1.0\n"}),
-    Case("config-range-stop-eval-loss-cli", TRAIN + ["--stop_eval_loss", "-1"], "stop_eval_loss = -1"),
+    Case("config-range-stop-eval-loss-cli", TRAIN + ["--stop_eval_loss", "-1"], "command line: stop_eval_loss = -1"),
     Case("config-conflict-warmup", ["train", "{d}/c.yaml", "--quiet"], "warmup_steps (10) must not exceed n_steps (5)",
          files={"c.yaml": "n_steps: 5\nwarmup_steps: 10\n"}),
     Case("config-invalid-yaml", ["train", "{d}/c.yaml", "--quiet"], "{d}/c.yaml:2: invalid YAML",
-         files={"c.yaml": "lora_r: 4\nlora_alpha: [8,\n"}),
+         files={"c.yaml": "lora_r: 4\nlora_alpha: 8: 9\n"}),
     Case("config-invalid-toml", ["train", "{d}/c.toml", "--quiet"], "{d}/c.toml: invalid TOML",
          files={"c.toml": "lora_r = \n"}),
     Case("config-not-utf8", ["train", "{d}/c.yaml", "--quiet"], "{d}/c.yaml: config file is not UTF-8 text",
          files={"c.yaml": b"lora_r: 4\n# caf\xe9\n"}),
     Case("config-not-a-mapping", ["train", "{d}/c.yaml", "--quiet"], "must be a mapping of key: value, got list",
          files={"c.yaml": "- lora_r\n- 4\n"}),
-    Case("config-env-bad-value", TRAIN, "batch_size = 'big'", env={"LORASWITCH_BATCH_SIZE": "big"}),
+    Case("config-env-bad-value", TRAIN, "environment LORASWITCH_BATCH_SIZE: batch_size = 'big'",
+         env={"LORASWITCH_BATCH_SIZE": "big"}),
     Case("config-no-data", ["train", "{d}/c.yaml", "--quiet"], "data: no training data file given",
          files={"c.yaml": "backend: numpy\nmodel: random:tiny\noutput_dir: fresh\n"}, run_dir="none"),
 
@@ -221,7 +225,7 @@ CASES: list[Case] = [
                                                   {"role": "assistant", "content": "b", "weight": 0.5}]})}),
     Case("data-empty", TRAIN + ["--data", "{d}/bad.jsonl"], "{d}/bad.jsonl: data file has no records", files={"bad.jsonl": ""}),
     Case("data-binary", TRAIN + ["--data", "{d}/bad.jsonl"], "bad.jsonl:1: not UTF-8 text",
-         files={"bad.jsonl": bytes(range(256)) * 4}),
+         files={"bad.jsonl": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4}),
     Case("data-utf16", TRAIN + ["--data", "{d}/bad.jsonl"], "bad.jsonl:1: not UTF-8 text",
          files={"bad.jsonl": jsonl(GOOD, GOOD).encode("utf-16")}),
     Case("data-huge-line", TRAIN + ["--data", "{d}/bad.jsonl"], "bad.jsonl:2: line longer than 10 MB",

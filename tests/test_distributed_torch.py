@@ -1,0 +1,157 @@
+"""The torch backend on 2 CPU processes (torchrun, gloo) trains exactly as on one process.
+
+Run: .venv/bin/pytest tests/test_distributed_torch.py -q   (about 30 s on 2 cores)
+
+A tiny random Llama in fp32 without dropout; the same run on 1 process, on 2 under DDP, and on
+2 under FSDP2 (base weights sharded), resumed from that 2-process checkpoint on 1 process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from safetensors.numpy import load_file  # noqa: E402
+
+from loraswitch.core.config import resolve  # noqa: E402
+from loraswitch.core.engine import resume_config, train  # noqa: E402
+from loraswitch.core.errors import UserError  # noqa: E402
+from loraswitch.core.random_model import write_random_model  # noqa: E402
+
+N_STEPS = 4
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Model, data and a config file; 40 examples of uneven length, so windows mix padding."""
+    root = tmp_path_factory.mktemp("dist")
+    model = write_random_model(root / "tiny", "tiny", seed=0)
+    rng = np.random.default_rng(0)
+    with open(root / "train.jsonl", "w") as f:
+        for _ in range(40):
+            a, b = (int(x) for x in rng.integers(0, 50, 2))
+            f.write(json.dumps({"prompt": f"{a}+{b}=" * int(rng.integers(1, 4)), "completion": str(a + b)}) + "\n")
+    values = dict(backend="torch", model=str(model), data=str(root / "train.jsonl"), batch_size=4,
+                  accumulation_steps=2, n_steps=N_STEPS, eval_every=2, save_every=2, eval_batches=2,
+                  learning_rate_multiplier=1e-3, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                  precision="fp32", compile="false", seed=0)
+    (root / "config.yaml").write_text(yaml.safe_dump(values))
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the children get OMP_NUM_THREADS=1: the same summation order
+    yield
+    torch.set_num_threads(threads)
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORASWITCH_")}
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("WORLD_SIZE", None), env.pop("RANK", None), env.pop("LOCAL_RANK", None)
+    return env
+
+
+def torchrun(setup: Path, run_dir: Path, *overrides: str) -> None:
+    """``torchrun --standalone --nproc_per_node 2 -m loraswitch.core.cli train`` (a free port)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "loraswitch.core.cli", "train", str(setup / "config.yaml"), "--output_dir", str(run_dir), *overrides]
+    done = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+
+
+def losses(run_dir: Path) -> list[tuple[str, int, float]]:
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["event"] in ("step", "eval"):
+            out.append((r["event"], r["step"], r["loss"] if r["event"] == "step" else r["eval_loss"]))
+    return out
+
+
+def assert_same_losses(ours, reference):
+    assert [(e, s) for e, s, _ in ours] == [(e, s) for e, s, _ in reference]
+    np.testing.assert_allclose([x for *_, x in ours], [x for *_, x in reference], rtol=RTOL, atol=0)
+
+
+def assert_same_adapter(ours: Path, reference: Path):
+    a, b = load_file(str(ours / "adapter_model.safetensors")), load_file(str(reference / "adapter_model.safetensors"))
+    assert sorted(a) == sorted(b)
+    for key in b:
+        error = np.linalg.norm(a[key] - b[key]) / max(np.linalg.norm(b[key]), 1e-12)
+        assert error < RTOL, f"{key}: relative error {error:.2e}"
+
+
+@pytest.fixture(scope="module")
+def reference(setup, tmp_path_factory):
+    """The single-process run, in this process."""
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    config = resolve(str(setup / "config.yaml"), {"output_dir": str(run_dir)}, environ={})
+    summary = train(config, quiet=True)
+    assert summary["steps"] == N_STEPS
+    return run_dir
+
+
+def test_ddp_two_processes_match_one(setup, reference, tmp_path):
+    run_dir = tmp_path / "ddp"
+    torchrun(setup, run_dir)
+    assert_same_losses(losses(run_dir), losses(reference))
+    assert_same_adapter(run_dir / "adapter", reference / "adapter")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["backend_description"]["processes"] == 2
+    assert summary["backend_description"]["parallel"] == "ddp x2"
+    # one writer: every metrics line once, complete checkpoints and nothing half-written left
+    assert [r["event"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())].count("start") == 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+
+
+def test_fsdp_checkpoint_resumes_on_one_process(setup, reference, tmp_path):
+    """Steps 1-2 on 2 processes with sharded base weights, steps 3-4 resumed on 1 process:
+    the same losses and adapter as the run that never left one process."""
+    run_dir = tmp_path / "fsdp"
+    torchrun(setup, run_dir, "--mesh", "{fsdp: 2}", "--n_steps", "2")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["backend_description"]["parallel"] == "fsdp x2"
+    assert_same_losses(losses(run_dir), [x for x in losses(reference) if x[1] <= 2])
+
+    config = resume_config(run_dir, {"n_steps": N_STEPS, "mesh": None}, quiet=True)
+    summary = train(config, resume=True, quiet=True)
+    assert summary["steps"] == N_STEPS and summary["backend_description"]["processes"] == 1
+    assert_same_losses(losses(run_dir), losses(reference))
+    assert_same_adapter(run_dir / "adapter", reference / "adapter")
+
+
+def test_batch_size_must_divide_by_the_processes(setup, tmp_path, monkeypatch):
+    """Checked before the model loads or the process group starts."""
+    from loraswitch.backends.torch_peft.backend import TorchBackend
+    from loraswitch.core.model_source import ModelSource
+
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    config = resolve(str(setup / "config.yaml"), {"batch_size": 3}, environ={})
+    with pytest.raises(UserError, match=r"^batch_size: 3 does not divide by the data-parallel size 2;"):
+        TorchBackend(device="cpu").load(ModelSource(name="tiny", path=setup / "tiny"), config)
+    assert not torch.distributed.is_initialized()
+
+
+def test_mesh_must_match_the_processes(setup):
+    """mesh on one process: torch needs torchrun for more than one."""
+    from loraswitch.backends.torch_peft.backend import TorchBackend
+    from loraswitch.core.model_source import ModelSource
+
+    config = resolve(str(setup / "config.yaml"), {"mesh": {"fsdp": 2}}, environ={})
+    with pytest.raises(UserError, match=r"^mesh: \{fsdp: 2\} spans 2 processes but this run has 1; .*torchrun --nproc_per_node N"):
+        TorchBackend(device="cpu").load(ModelSource(name="tiny", path=setup / "tiny"), config)
