@@ -1,0 +1,96 @@
+"""The jitted pure functions of the jax backend: the training micro-step, eval, logits, decoding.
+
+They take the LoRA and frozen states as arguments and close over nothing but ``Statics``
+(the graph definition and the LoRA/optimizer settings). The micro-step donates the LoRA and
+optimizer buffers, syncs nothing with the host (the loss comes back as a device scalar the
+engine converts once per window) and derives its dropout key from (seed, step, micro), so a
+resumed run replays identical randomness. Batch shapes vary with the padding bucket; jit keeps
+one executable per shape.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from . import optimizer
+
+
+def sample_token(logits: jax.Array, key: jax.Array, temperature, top_p) -> jax.Array:
+    """Greedy when temperature is 0, else nucleus sampling at ``temperature`` and ``top_p``."""
+    greedy = jnp.argmax(logits)
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    order = jnp.argsort(-scaled)
+    ranked = scaled[order]
+    probs = jax.nn.softmax(ranked)
+    keep = (jnp.cumsum(probs) - probs) < top_p  # the most likely token is always kept
+    choice = jax.random.categorical(key, jnp.where(keep, ranked, -jnp.inf))
+    return jnp.where(temperature > 0, order[choice], greedy)
+
+
+@dataclass(frozen=True)
+class Statics:
+    """Everything the jitted functions close over. Equal statics share one set of jitted
+    functions, so a second backend with the same model and LoRA settings compiles nothing again."""
+
+    graphdef: Any
+    seed: int
+    prng: str
+    dropout_rate: float
+    weight_decay: float
+    max_grad_norm: float | None
+
+
+@dataclass(frozen=True)
+class Functions:
+    inner_tx: optax.GradientTransformation
+    micro_step: Callable
+    eval_loss: Callable
+    logits: Callable
+    extend: Callable
+
+
+@functools.cache
+def compiled_functions(statics: Statics) -> Functions:
+    graphdef, seed, prng, rate = statics.graphdef, statics.seed, statics.prng, statics.dropout_rate
+    inner_tx = optimizer.inner_optimizer(statics.weight_decay, statics.max_grad_norm)
+
+    def micro_step(lora, opt_state, frozen, input_ids, attention_mask, labels, weight, lr, window, step, micro):
+        key = None
+        if rate > 0:
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed, impl=prng), step), micro)
+
+        def weighted_loss(lora):
+            model = nnx.merge(graphdef, lora, frozen)
+            return model.loss_sum(input_ids, attention_mask, labels, dropout_key=key) * weight
+
+        loss, grads = jax.value_and_grad(weighted_loss)(lora)
+        tx = optimizer.accumulate(inner_tx, window)
+        updates, opt_state = tx.update(grads, optimizer.set_learning_rate(opt_state, lr), lora)
+        return optax.apply_updates(lora, updates), opt_state, loss
+
+    def eval_loss(lora, frozen, input_ids, attention_mask, labels):
+        return nnx.merge(graphdef, lora, frozen).loss_sum(input_ids, attention_mask, labels)
+
+    def logits(lora, frozen, input_ids, attention_mask):
+        model = nnx.merge(graphdef, lora, frozen)
+        hidden, _ = model.hidden_states(input_ids, attention_mask)
+        return model.logits(hidden)
+
+    def extend(lora, frozen, cache, ids, start, last, key, temperature, top_p):
+        """Run ``ids`` through the KV cache from position ``start``; sample after index ``last``."""
+        model = nnx.merge(graphdef, lora, frozen)
+        hidden, cache = model.hidden_states(ids, cache=cache, start=start)
+        logits = model.logits(jax.lax.dynamic_slice_in_dim(hidden, last, 1, axis=1))[0, 0]
+        return sample_token(logits, key, temperature, top_p), cache
+
+    return Functions(inner_tx=inner_tx,
+                     micro_step=jax.jit(micro_step, donate_argnums=(0, 1)),
+                     eval_loss=jax.jit(eval_loss),
+                     logits=jax.jit(logits),
+                     extend=jax.jit(extend, donate_argnums=(2,)))
