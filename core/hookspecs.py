@@ -46,7 +46,8 @@ def register_model_sources(register: Callable[..., None]) -> None:
 
 
 # ---------------------------------------------------------------- run observers
-# Fired at coarse points only, never inside the gradient math.
+# Fired at coarse points only, never inside the gradient math, and only on the main process
+# (rank 0) of a distributed run, so an observer that writes files needs no rank check.
 
 
 @hookspec

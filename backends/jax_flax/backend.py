@@ -25,7 +25,7 @@ from loraswitch.core.errors import UserError
 from . import adapter as peft_format
 from . import optimizer
 from .lora import init_lora_a, lora_scaling
-from .model import Llama
+from .model import Llama, empty_cache
 from .options import choose_options
 from .spec import LINEAR_PARENT, spec_from_config
 from .steps import Statics, compiled_functions
@@ -140,9 +140,7 @@ class JaxBackend:
         length = max(padded, _round_up(n + max_new_tokens, _GENERATE_BUCKET))
         ids = np.zeros((1, padded), np.int32)
         ids[0, :n] = prompt_ids
-        module_dtype = jnp.dtype(self.options.dtype)
-        shape = (self.spec.num_layers, 1, length, self.spec.num_kv_heads, self.spec.head_dim)
-        cache = (jnp.zeros(shape, module_dtype), jnp.zeros(shape, module_dtype))
+        cache = empty_cache(self.spec, jnp.dtype(self.options.dtype), 1, length)
         root = jax.random.PRNGKey(seed)
         temperature, top_p = np.float32(temperature), np.float32(top_p)
         token, cache = self.fn.extend(self.lora, self.frozen, cache, ids, np.int32(0), np.int32(n - 1),

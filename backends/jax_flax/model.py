@@ -64,12 +64,13 @@ class Attention(nnx.Module):
     def _attend(self, q, k, v, key_mask):
         T = q.shape[1]
         window = self.spec.sliding_window
-        local = (window - 1, 0) if window is not None and T > window else None
+        # Only passed when it matters (Mistral-style windows shorter than the sequence), which
+        # also keeps jax versions without ``local_window_size`` working for Llama.
+        extra = {"local_window_size": (window - 1, 0)} if window is not None and T > window else {}
         if self.options.attention == "cudnn":
-            return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local,
-                                                implementation="cudnn")
+            return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn", **extra)
         mask = None if key_mask is None else key_mask[:, None, None, :].astype(bool)
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, local_window_size=local)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, **extra)
 
     def _attend_cached(self, q, k, v, cache: Cache, start):
         """Write this chunk's keys/values at ``start`` and attend over the whole cache, masking
@@ -113,6 +114,11 @@ class Block(nnx.Module):
         x = x + attn
         x = x + self.mlp(rms_norm(x, self.post_attention_layernorm[...], self.eps), keys)
         return x, new_cache
+
+
+def empty_cache(spec: LlamaSpec, dtype, batch: int, length: int) -> Cache:
+    shape = (spec.num_layers, batch, length, spec.num_kv_heads, spec.head_dim)
+    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 
 
 def _remat(fn, policy: str):
@@ -180,11 +186,6 @@ class Llama(nnx.Module):
         hidden, _ = self.hidden_states(input_ids, attention_mask, dropout_key=dropout_key)
         targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], axis=1)
         return chunked_cross_entropy_sum(hidden, self.output_embedding(), targets, self.options.loss_chunk)
-
-    def init_cache(self, batch: int, length: int) -> Cache:
-        s = self.spec
-        shape = (s.num_layers, batch, length, s.num_kv_heads, s.head_dim)
-        return jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
 
 
 def _chunks(hidden: jax.Array, targets: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
