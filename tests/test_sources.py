@@ -42,11 +42,11 @@ def sources_only(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory):
+def smollm2_dir(smollm2_cache):
     """builtin:smollm2-135m converted once per session into a private cache."""
     from loraswitch.core.builtin import resolve_builtin
 
-    return resolve_builtin("smollm2-135m", tmp_path_factory.mktemp("cache")).path
+    return resolve_builtin("smollm2-135m", smollm2_cache).path
 
 
 # ---------------------------------------------------------------- random shapes

@@ -6,11 +6,20 @@ model is split once, at load, into a graph definition and two states — the LoR
 ``jax.jit`` functions of ``steps.py`` over those states. This class only holds the states and
 does the host-side work: checks, files, the generation loop.
 
+Every array lives on a device mesh (config ``mesh``, sharding.py): one device is a mesh of one;
+several devices split each micro-batch's rows (data parallel), and with ``fsdp`` > 1 the frozen
+base weights too; several hosts join through ``jax.distributed`` (multihost.py) and the engine
+talks to them through ``self.communicator``. LoRA weights and optimizer state are replicated,
+so saving and loading see whole arrays whatever the device count.
+
 Try it: ``loraswitch train examples/quickstart.yaml --backend jax``.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +29,15 @@ import numpy as np
 import optax
 from flax import nnx
 
+from loraswitch.core.distributed import check_divisible
 from loraswitch.core.errors import UserError
 
 from . import adapter as peft_format
-from . import optimizer
+from . import multihost, optimizer
 from .lora import init_lora_a, lora_scaling
 from .model import Llama, empty_cache
 from .options import choose_options
+from .sharding import Layout, gather_where_read, inference_layout, make_layout, put_rows, replicate, to_host
 from .spec import LINEAR_PARENT, spec_from_config
 from .steps import Statics, compiled_functions
 from .trees import named_leaves, replace_leaves
@@ -37,6 +48,7 @@ if TYPE_CHECKING:
     from loraswitch.core.config import Config
     from loraswitch.core.model_source import ModelSource
 
+REMAT_VAR = "LORASWITCH_JAX_REMAT"  # options.py
 _GENERATE_BUCKET = 64  # prompt and cache lengths are rounded up to this, so generate compiles rarely
 
 
@@ -54,36 +66,64 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+@functools.cache
+def _empty_cache(spec, dtype, length: int, sharding):
+    """A jitted maker of a zero KV cache on every device (one compile per cache length)."""
+    return jax.jit(lambda: empty_cache(spec, dtype, 1, length), out_shardings=sharding)
+
+
 class JaxBackend:
     name = "jax"
 
     def __init__(self) -> None:
         self._loaded = False
         self.opt_state = None
+        self.communicator: multihost.JaxCommunicator | None = None  # set by load (core.distributed)
 
     # ------------------------------------------------------------------ load
 
     def load(self, model: ModelSource, config: Config, *, train: bool = True) -> None:
         self.source, self.config = model, config
         self.spec = spec_from_config(model.config, model.path / "config.json")
-        self.device = jax.devices()[0]
-        self.options = choose_options(self.device.platform, config.precision, self.spec.head_dim)
         self.targets = resolve_targets(list(config.lora_target_modules))
+        multihost.initialize()  # before anything touches a device
+        self.layout: Layout = make_layout(config.mesh) if train else inference_layout(config.mesh)
+        if train:
+            self._check_batch_size(config)  # before the weights load
+        self.communicator = multihost.JaxCommunicator(self.layout.size)
+        self.device = jax.local_devices()[0]
+        self.options = choose_options(self.device.platform, config.precision, self.spec.head_dim)
+        if self.layout.fsdp > 1 and self.options.remat == "none" and os.environ.get(REMAT_VAR, "auto").strip() in ("", "auto"):
+            # Without remat the backward pass keeps every layer's all-gathered weights: the whole
+            # model on each device. With it each layer's weights are gathered again when needed.
+            self.options = dataclasses.replace(self.options, remat="dots")
         self.rank = config.lora_r
         dtype = jnp.dtype(self.options.dtype)
-        weights = (random_weights(self.spec, dtype, model.init_seed) if model.random_init
-                   else load_weights(model.path, self.spec, dtype))
-        module = Llama(self.spec, self.options, weights, self._init_lora(config.seed),
+        weights = (random_weights(self.spec, dtype, model.init_seed, self.layout) if model.random_init
+                   else load_weights(model.path, self.spec, dtype, self.layout))
+        lora = replicate(self._init_lora(config.seed), self.layout)
+        module = Llama(self.spec, self.options, weights, lora,
                        scaling=lora_scaling(config.lora_alpha, config.lora_r, config.use_rslora),
                        dropout_rate=config.lora_dropout)
+        gather_where_read(module, self.layout)
         self.graphdef, self.lora, self.frozen = nnx.split(module, nnx.LoRAParam, ...)
-        del module, weights
+        del module, weights, lora
         statics = Statics(self.graphdef, config.seed, self.options.prng, config.lora_dropout,
-                          config.weight_decay, config.max_grad_norm)
+                          config.weight_decay, config.max_grad_norm, self.layout)
         self.fn = compiled_functions(statics)
-        self.opt_state = optimizer.accumulate(self.fn.inner_tx, 1).init(self.lora) if train else None
+        init = optimizer.accumulate(self.fn.inner_tx, 1).init
+        self.opt_state = jax.jit(init, out_shardings=self.layout.replicated)(self.lora) if train else None
         self._next_micro = 0
         self._loaded = True
+
+    def _check_batch_size(self, config: Config) -> None:
+        try:
+            check_divisible(config.batch_size, self.layout.size)
+        except UserError as e:
+            if config.mesh is not None or jax.process_count() > 1:
+                raise
+            raise UserError(f"{e} (mesh: null trains on all {self.layout.size} devices jax sees; to use fewer, "
+                            "hide the others, e.g. CUDA_VISIBLE_DEVICES=0)") from None
 
     def _init_lora(self, seed: int) -> dict[str, tuple[jax.Array, jax.Array]]:
         """peft's init: A uniform(+-1/sqrt(in)), B zero, so training starts from the base model."""
@@ -110,9 +150,8 @@ class JaxBackend:
         if micro.micro != self._next_micro or micro.apply_update != (micro.micro == micro.window_size - 1):
             raise RuntimeError(f"accumulation out of step: core sent micro {micro.micro}/{micro.window_size} "
                                f"(apply_update={micro.apply_update}), backend expected micro {self._next_micro}")
-        b = micro.batch
         self.lora, self.opt_state, loss = self.fn.micro_step(
-            self.lora, self.opt_state, self.frozen, b.input_ids, b.attention_mask, b.labels,
+            self.lora, self.opt_state, self.frozen, *put_rows(micro.batch, self.layout),
             np.float32(micro.weight), np.float32(micro.lr), np.int32(micro.window_size),
             np.int32(micro.step), np.int32(micro.micro))
         self._next_micro = 0 if micro.apply_update else micro.micro + 1
@@ -120,12 +159,14 @@ class JaxBackend:
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         self._require()
-        loss = self.fn.eval_loss(self.lora, self.frozen, batch.input_ids, batch.attention_mask, batch.labels)
+        loss = self.fn.eval_loss(self.lora, self.frozen, *put_rows(batch, self.layout))
         return float(loss), batch.n_targets
 
     def logits(self, batch: Batch) -> np.ndarray:
         self._require()
-        return np.asarray(self.fn.logits(self.lora, self.frozen, batch.input_ids, batch.attention_mask), np.float32)
+        ids, mask, _ = put_rows(batch, self.layout)
+        logits = np.asarray(self.fn.logits(self.lora, self.frozen, ids, mask), np.float32)
+        return logits[:batch.input_ids.shape[0]]  # without the filler rows put_rows may add
 
     def generate(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
@@ -140,7 +181,7 @@ class JaxBackend:
         length = max(padded, _round_up(n + max_new_tokens, _GENERATE_BUCKET))
         ids = np.zeros((1, padded), np.int32)
         ids[0, :n] = prompt_ids
-        cache = empty_cache(self.spec, jnp.dtype(self.options.dtype), 1, length)
+        cache = _empty_cache(self.spec, jnp.dtype(self.options.dtype), length, self.layout.replicated)()
         root = jax.random.PRNGKey(seed)
         temperature, top_p = np.float32(temperature), np.float32(top_p)
         token, cache = self.fn.extend(self.lora, self.frozen, cache, ids, np.int32(0), np.int32(n - 1),
@@ -162,7 +203,7 @@ class JaxBackend:
 
     def save_adapter(self, directory: Path) -> None:
         self._require()
-        lora = {name: np.asarray(jax.device_get(v)) for name, v in named_leaves(self.lora).items()}
+        lora = {name: to_host(v) for name, v in named_leaves(self.lora).items()}
         config = peft_format.peft_config(r=self.rank, alpha=self.config.lora_alpha, dropout=self.config.lora_dropout,
                                          targets=self.targets, use_rslora=self.config.use_rslora,
                                          base_model=self.source.name)
@@ -188,13 +229,13 @@ class JaxBackend:
             raise UserError(f"{file}: target_modules = {targets} but this run has lora_target_modules = "
                             f"{self.targets}; set lora_target_modules to match the adapter")
         arrays = peft_format.load_adapter_arrays(directory, self.spec, targets, self.rank)
-        self.lora = replace_leaves(self.lora, {name: jnp.asarray(a) for name, a in arrays.items()})
+        self.lora = replace_leaves(self.lora, replicate(arrays, self.layout))
 
     def save_state(self, directory: Path) -> None:
         self._require(train=True)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = self.opt_state
+        state = jax.tree.map(to_host, self.opt_state)  # whole arrays: replicated, so no collective
         meta = {"backend": self.name, "seed": self.config.seed, "mini_step": int(state.mini_step),
                 "gradient_step": int(state.gradient_step), "dropout_prng": self.options.prng,
                 "versions": self._versions()}
@@ -204,7 +245,7 @@ class JaxBackend:
 
     def load_state(self, directory: Path) -> None:
         self._require(train=True)
-        self.opt_state = optimizer.load_state(Path(directory), self.opt_state)
+        self.opt_state = replicate(optimizer.load_state(Path(directory), self.opt_state), self.layout)
         self._next_micro = int(self.opt_state.mini_step)
 
     # ------------------------------------------------------------------ facts
@@ -224,7 +265,10 @@ class JaxBackend:
             "framework": f"jax {jax.__version__} + flax {self._versions()['flax']} + optax {optax.__version__}",
             **self._versions(),
             "device": self.device.platform if self.device.platform == "cpu" else f"{self.device.platform} ({self.device.device_kind})",
-            "device_count": jax.device_count(),
+            "device_count": self.layout.size,
+            "processes": jax.process_count(),
+            "parallel": self.layout.describe(),
+            "mesh": {"data": self.layout.data, "fsdp": self.layout.fsdp},
             "precision": "bf16" if self.options.dtype == "bfloat16" else "fp32",
             "attention": self.options.attention,
             "remat": self.options.remat,
@@ -232,7 +276,12 @@ class JaxBackend:
             "params_total": trainable + frozen,
             "params_trainable": trainable,
         }
-        stats = self.device.memory_stats() if hasattr(self.device, "memory_stats") else None
-        if stats and "peak_bytes_in_use" in stats:
-            facts["peak_memory_bytes"] = int(stats["peak_bytes_in_use"])
+        peaks = [stats["peak_bytes_in_use"] for stats in map(_memory_stats, jax.local_devices())
+                 if stats and "peak_bytes_in_use" in stats]
+        if peaks:
+            facts["peak_memory_bytes"] = int(max(peaks))  # of the busiest device
         return facts
+
+
+def _memory_stats(device) -> dict[str, Any] | None:
+    return device.memory_stats() if hasattr(device, "memory_stats") else None

@@ -5,13 +5,21 @@
 W is an ``nnx.Param`` kept in the compute dtype; A [in, r] and B [r, out] are ``nnx.LoRAParam``
 kept in fp32 (optimizer precision) and cast to the compute dtype for the matmuls. Splitting the
 model with the ``nnx.LoRAParam`` filter is what puts only A and B in the optimizer.
+
+``fused_projections`` computes several such layers that read the same input (q, k, v; gate, up)
+as one matrix product: [x | x_A] @ [[W_q W_k W_v]; blockdiag(B_q, B_k, B_v) * scaling]. The
+LoRA B products and their additions to the base outputs disappear into that one product, x is
+read once instead of three times, and in backward one product gives the input gradient of all
+of them (docs/bench/NOTES.md has what it was predicted to save and what it saved).
 """
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -27,11 +35,18 @@ def init_lora_a(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout (as torch.nn.Dropout); identity without a key (eval) or at rate 0."""
+    """Inverted dropout (as torch.nn.Dropout); identity without a key (eval) or at rate 0.
+
+    The mask compares raw 32-bit random words with rate * 2^32 (keep probability exact to
+    2^-32) instead of converting them to floats first as ``jax.random.bernoulli`` does; the
+    arithmetic stays in the input's dtype (bf16 on GPU), as torch's dropout does."""
     if key is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+    if rate >= 1.0:
+        return jnp.zeros_like(x)
+    threshold = np.uint32(min(round(rate * 2.0 ** 32), 2 ** 32 - 1))
+    keep = jax.random.bits(key, x.shape, jnp.uint32) >= threshold
+    return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros((), x.dtype))
 
 
 class LoRALinear(nnx.Module):
@@ -45,12 +60,72 @@ class LoRALinear(nnx.Module):
         self.scaling = scaling
         self.dropout_rate = dropout_rate
 
+    def scaled_b(self, dtype) -> jax.Array:
+        # Scaling folded into B (an [r, out] multiply in fp32) instead of the [B, T, out] product.
+        return (self.lora_b[...] * self.scaling).astype(dtype)
+
     def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
         kernel = self.kernel[...]
         y = x @ kernel
         if self.lora_a is None:
             return y
         a = self.lora_a[...].astype(x.dtype)
-        # Scaling folded into B (an [r, out] multiply in fp32) instead of the [B, T, out] product.
-        b = (self.lora_b[...] * self.scaling).astype(x.dtype)
-        return y + (dropout(x, self.dropout_rate, key) @ a) @ b
+        return y + (dropout(x, self.dropout_rate, key) @ a) @ self.scaled_b(x.dtype)
+
+
+def fused_projections(x: jax.Array, linears: Sequence[LoRALinear],
+                      keys: Sequence[jax.Array | None]) -> list[jax.Array]:
+    """``[linear(x, key) for linear, key in zip(linears, keys)]`` as one matrix product.
+
+    Each LoRA layer keeps its own dropout mask (peft draws one per module), so the x @ A
+    products stay one per layer, unless there is no dropout: then one [in, r * m] product."""
+    kernels = [lin.kernel[...] for lin in linears]
+    widths = [int(k.shape[-1]) for k in kernels]
+    kernel = kernels[0] if len(kernels) == 1 else jnp.concatenate(kernels, axis=-1)
+    lora = [(lin, key) for lin, key in zip(linears, keys) if lin.lora_a is not None]
+    if not lora:
+        y = x @ kernel
+    else:
+        if all(key is None or lin.dropout_rate == 0.0 for lin, key in lora):
+            xa = x @ jnp.concatenate([lin.lora_a[...].astype(x.dtype) for lin, _ in lora], axis=-1)
+        else:
+            xa = jnp.concatenate([dropout(x, lin.dropout_rate, key) @ lin.lora_a[...].astype(x.dtype)
+                                  for lin, key in lora], axis=-1)
+        b_rows = _block_rows(linears, widths, x.dtype)
+        y = lora_matmul(x, xa, kernel, b_rows)
+    return [y] if len(widths) == 1 else jnp.split(y, np.cumsum(widths)[:-1].tolist(), axis=-1)
+
+
+def _block_rows(linears: Sequence[LoRALinear], widths: list[int], dtype) -> jax.Array:
+    """[sum of ranks, sum of widths]: each LoRA layer's B * scaling in its own column block."""
+    total, offset, rows = sum(widths), 0, []
+    for lin, width in zip(linears, widths):
+        if lin.lora_a is not None:
+            rows.append(jnp.pad(lin.scaled_b(dtype), ((0, 0), (offset, total - offset - width))))
+        offset += width
+    return jnp.concatenate(rows, axis=0)
+
+
+@jax.custom_vjp
+def lora_matmul(x: jax.Array, xa: jax.Array, kernel: jax.Array, b_rows: jax.Array) -> jax.Array:
+    """``x @ kernel + xa @ b_rows`` as one product over the concatenated contraction axis.
+
+    Written with a custom VJP because autodiff of the concatenated weight would compute its
+    whole gradient ([in + r, out], a product as large as the forward one) to keep the b_rows
+    part. ``kernel`` is frozen (LoRA never trains base weights): it gets no gradient."""
+    return jnp.concatenate([x, xa], axis=-1) @ jnp.concatenate([kernel, b_rows], axis=0)
+
+
+def _lora_matmul_fwd(x, xa, kernel, b_rows):
+    return lora_matmul(x, xa, kernel, b_rows), (xa, kernel, b_rows)
+
+
+def _lora_matmul_bwd(residuals, dy):
+    xa, kernel, b_rows = residuals
+    d_cat = dy @ jnp.concatenate([kernel, b_rows], axis=0).T
+    d_in = kernel.shape[0]
+    d_b = jnp.einsum("...k,...o->ko", xa, dy).astype(b_rows.dtype)
+    return d_cat[..., :d_in], d_cat[..., d_in:], None, d_b
+
+
+lora_matmul.defvjp(_lora_matmul_fwd, _lora_matmul_bwd)

@@ -21,7 +21,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from loraswitch.core.batch import IGNORE_INDEX
 
-from .lora import LoRALinear
+from .lora import LoRALinear, fused_projections
 from .options import Options
 from .rope import apply_rope, cos_sin, inv_frequencies
 from .spec import LINEAR_PARENT, LlamaSpec
@@ -40,6 +40,17 @@ def _key(keys: list[jax.Array] | None, i: int) -> jax.Array | None:
     return None if keys is None else keys[i]
 
 
+def _project(options: Options, x: jax.Array, linears: tuple[LoRALinear, ...], keys, indices) -> list[jax.Array]:
+    """The linears that read the same ``x`` (q, k, v; gate, up), with dropout keys ``keys[i]``
+    (``i`` in ``indices``, the linear's fixed number in the block): one fused product, or one
+    call per linear. o_proj and down_proj stay single: concatenating their input with x @ A
+    would copy a whole activation (8192 wide for down_proj) to save a narrower output's add."""
+    layer_keys = [_key(keys, i) for i in indices]
+    if options.fuse:
+        return fused_projections(x, linears, layer_keys)
+    return [linear(x, key) for linear, key in zip(linears, layer_keys)]
+
+
 class Attention(nnx.Module):
     def __init__(self, spec: LlamaSpec, options: Options, linears: dict[str, LoRALinear]):
         self.q_proj, self.k_proj = linears["q_proj"], linears["k_proj"]
@@ -49,9 +60,10 @@ class Attention(nnx.Module):
     def __call__(self, x, cos, sin, key_mask, keys, cache: Cache | None, start) -> tuple[jax.Array, Cache | None]:
         s = self.spec
         B, T, _ = x.shape
-        q = self.q_proj(x, _key(keys, 0)).reshape(B, T, s.num_heads, s.head_dim)
-        k = self.k_proj(x, _key(keys, 1)).reshape(B, T, s.num_kv_heads, s.head_dim)
-        v = self.v_proj(x, _key(keys, 2)).reshape(B, T, s.num_kv_heads, s.head_dim)
+        q, k, v = _project(self.options, x, (self.q_proj, self.k_proj, self.v_proj), keys, (0, 1, 2))
+        q = q.reshape(B, T, s.num_heads, s.head_dim)
+        k = k.reshape(B, T, s.num_kv_heads, s.head_dim)
+        v = v.reshape(B, T, s.num_kv_heads, s.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (checkpoint_name(t, "qkv") for t in (q, k, v))
         if cache is None:
@@ -88,12 +100,14 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    def __init__(self, linears: dict[str, LoRALinear]):
+    def __init__(self, options: Options, linears: dict[str, LoRALinear]):
         self.gate_proj, self.up_proj, self.down_proj = linears["gate_proj"], linears["up_proj"], linears["down_proj"]
+        self.options = options
 
     def __call__(self, x, keys):
-        hidden = jax.nn.silu(self.gate_proj(x, _key(keys, 4))) * self.up_proj(x, _key(keys, 5))
-        return self.down_proj(checkpoint_name(hidden, "mlp_hidden"), _key(keys, 6))
+        gate, up = _project(self.options, x, (self.gate_proj, self.up_proj), keys, (4, 5))
+        hidden = checkpoint_name(jax.nn.silu(gate) * up, "mlp_hidden")
+        return self.down_proj(hidden, _key(keys, 6))
 
 
 class Block(nnx.Module):
@@ -104,7 +118,7 @@ class Block(nnx.Module):
         self.input_layernorm = nnx.Param(input_layernorm)
         self.post_attention_layernorm = nnx.Param(post_attention_layernorm)
         self.self_attn = Attention(spec, options, linears)
-        self.mlp = MLP(linears)
+        self.mlp = MLP(options, linears)
         self.eps = spec.rms_norm_eps
 
     def __call__(self, x, cos, sin, key_mask, key, cache, start):

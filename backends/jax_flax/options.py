@@ -12,6 +12,9 @@ They change speed and memory, never the loss (beyond bf16 rounding), so they are
                              logits of only one chunk exist at a time
   LORASWITCH_JAX_PRNG        PRNG for LoRA dropout: threefry2x32 | rbg | unsafe_rbg
                              (auto: rbg on GPU/TPU, where threefry is slow; threefry on CPU)
+  LORASWITCH_JAX_FUSE        on | off (default on): projections that read the same input (q,k,v;
+                             gate,up) and each LoRA B product run as one matrix product
+                             (lora.fused_projections); off: one product per linear and per B
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ class Options:
     remat: str = "none"
     loss_chunk: int = 4096
     prng: str = "threefry2x32"
+    fuse: bool = True
 
 
 def _env(name: str, default: str, allowed: tuple[str, ...] | None = None) -> str:
@@ -65,4 +69,5 @@ def choose_options(platform: str, precision: str, head_dim: int = 64) -> Options
     prng = _env("LORASWITCH_JAX_PRNG", "auto", ("auto", "threefry2x32", "rbg", "unsafe_rbg"))
     if prng == "auto":
         prng = "rbg" if accelerator else "threefry2x32"
-    return Options(dtype=dtype, attention=attention, remat=remat, loss_chunk=int(chunk), prng=prng)
+    fuse = _env("LORASWITCH_JAX_FUSE", "on", ("on", "off")) == "on"
+    return Options(dtype=dtype, attention=attention, remat=remat, loss_chunk=int(chunk), prng=prng, fuse=fuse)

@@ -6,6 +6,11 @@ optimizer buffers, syncs nothing with the host (the loss comes back as a device 
 engine converts once per window) and derives its dropout key from (seed, step, micro), so a
 resumed run replays identical randomness. Batch shapes vary with the padding bucket; jit keeps
 one executable per shape.
+
+On several devices the same functions run as one SPMD program (sharding.py): the arguments
+arrive placed (batch rows split over the devices, base weights over fsdp), the rows are pinned
+to that split, and the outputs the backend keeps (LoRA, optimizer state, losses) are pinned
+replicated, so XLA sums the gradient and the loss over devices and donation reuses the buffers.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import optax
 from flax import nnx
 
 from . import optimizer
+from .sharding import Layout
 
 
 def sample_token(logits: jax.Array, key: jax.Array, temperature, top_p) -> jax.Array:
@@ -44,6 +50,7 @@ class Statics:
     dropout_rate: float
     weight_decay: float
     max_grad_norm: float | None
+    layout: Layout
 
 
 @dataclass(frozen=True)
@@ -59,8 +66,13 @@ class Functions:
 def compiled_functions(statics: Statics) -> Functions:
     graphdef, seed, prng, rate = statics.graphdef, statics.seed, statics.prng, statics.dropout_rate
     inner_tx = optimizer.inner_optimizer(statics.weight_decay, statics.max_grad_norm)
+    replicated, rows = statics.layout.replicated, statics.layout.rows
+
+    def split_rows(*arrays):
+        return tuple(jax.lax.with_sharding_constraint(a, rows) for a in arrays)
 
     def micro_step(lora, opt_state, frozen, input_ids, attention_mask, labels, weight, lr, window, step, micro):
+        input_ids, attention_mask, labels = split_rows(input_ids, attention_mask, labels)
         key = None
         if rate > 0:
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed, impl=prng), step), micro)
@@ -75,9 +87,11 @@ def compiled_functions(statics: Statics) -> Functions:
         return optax.apply_updates(lora, updates), opt_state, loss
 
     def eval_loss(lora, frozen, input_ids, attention_mask, labels):
+        input_ids, attention_mask, labels = split_rows(input_ids, attention_mask, labels)
         return nnx.merge(graphdef, lora, frozen).loss_sum(input_ids, attention_mask, labels)
 
     def logits(lora, frozen, input_ids, attention_mask):
+        input_ids, attention_mask = split_rows(input_ids, attention_mask)
         model = nnx.merge(graphdef, lora, frozen)
         hidden, _ = model.hidden_states(input_ids, attention_mask)
         return model.logits(hidden)
@@ -90,7 +104,7 @@ def compiled_functions(statics: Statics) -> Functions:
         return sample_token(logits, key, temperature, top_p), cache
 
     return Functions(inner_tx=inner_tx,
-                     micro_step=jax.jit(micro_step, donate_argnums=(0, 1)),
-                     eval_loss=jax.jit(eval_loss),
-                     logits=jax.jit(logits),
-                     extend=jax.jit(extend, donate_argnums=(2,)))
+                     micro_step=jax.jit(micro_step, donate_argnums=(0, 1), out_shardings=replicated),
+                     eval_loss=jax.jit(eval_loss, out_shardings=replicated),
+                     logits=jax.jit(logits, out_shardings=replicated),
+                     extend=jax.jit(extend, donate_argnums=(2,), out_shardings=replicated))

@@ -1,9 +1,11 @@
 """Base weights for the JAX model: read from a HF safetensors directory, or drawn on the device.
 
 Safetensors files are memory-mapped and parsed here with numpy (+ ml_dtypes for bf16, which
-safetensors' own numpy loader cannot return), so no framework is involved and each tensor is
-copied once: transposed from HF's [out, in] to [in, out], cast to the compute dtype and stacked
-over layers on the host, then put on the device.
+safetensors' own numpy loader cannot return), so no framework is involved. Each tensor is placed
+with its sharding (sharding.py) shard by shard: a device's block is read from the mapped file,
+transposed from HF's [out, in] to [in, out], cast to the compute dtype and stacked over layers on
+the host, then copied to that device. With fsdp > 1 no device and no host ever holds the whole
+model, only the blocks of its own devices (one tensor's at a time).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 from loraswitch.core.errors import UserError
 from loraswitch.core.model_dir import read_safetensors_header, weight_files
 
+from .sharding import Layout, put_from
 from .spec import LINEAR_PARENT, LlamaSpec
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -57,45 +60,66 @@ class SafetensorsFiles:
         return np.memmap(file, dtype=dtype, mode="r", offset=data_start + start, shape=tuple(shape))
 
 
-def load_weights(path: Path, spec: LlamaSpec, dtype) -> dict[str, jax.Array]:
-    """The arrays ``model.Llama`` takes, read from the HF names of ``path``."""
+def load_weights(path: Path, spec: LlamaSpec, dtype, layout: Layout) -> dict[str, jax.Array]:
+    """The arrays ``model.Llama`` takes, read from the HF names of ``path``, placed on ``layout``."""
     files = SafetensorsFiles(weight_files(path), path)
     np_dtype = np.dtype(jnp.dtype(dtype))
     L, d, V = spec.num_layers, spec.hidden_size, spec.vocab_size
-    out = {"embed_tokens": jax.device_put(files.get("model.embed_tokens.weight", (V, d)).astype(np_dtype)),
-           "norm": jax.device_put(files.get("model.norm.weight", (d,)).astype(np_dtype))}
+
+    def plain(name: str, shape: tuple[int, ...]) -> jax.Array:
+        sharding = layout.weight(shape, stacked=False)
+        return put_from(shape, sharding, lambda index: files.get(name, shape)[index].astype(np_dtype))
+
+    def stacked(names: list[str], shape: tuple[int, ...], transpose: bool) -> jax.Array:
+        """[L, *shape] from one tensor per layer (HF [out, in] kernels transposed to [in, out])."""
+        full = (L, *shape)
+        hf_shape = shape[::-1] if transpose else shape
+
+        def read(index):
+            layers, rest = index[0], index[1:]
+            hf_index = rest[::-1] if transpose else rest
+            blocks = [files.get(names[i], hf_shape)[hf_index] for i in range(L)[layers]]
+            return np.stack([(b.T if transpose else b).astype(np_dtype) for b in blocks])
+
+        return put_from(full, layout.weight(full, stacked=True), read)
+
+    out = {"embed_tokens": plain("model.embed_tokens.weight", (V, d)), "norm": plain("model.norm.weight", (d,))}
     if not spec.tie_word_embeddings:
-        out["lm_head"] = jax.device_put(files.get("lm_head.weight", (V, d)).astype(np_dtype))
+        out["lm_head"] = plain("lm_head.weight", (V, d))
     for norm in ("input_layernorm", "post_attention_layernorm"):
-        out[norm] = jax.device_put(np.stack([files.get(f"model.layers.{i}.{norm}.weight", (d,)).astype(np_dtype)
-                                             for i in range(L)]))
+        out[norm] = stacked([f"model.layers.{i}.{norm}.weight" for i in range(L)], (d,), transpose=False)
     for name, (n_in, n_out) in spec.linear_dims().items():
-        stacked = np.empty((L, n_in, n_out), np_dtype)
-        for i in range(L):
-            hf = files.get(f"model.layers.{i}.{LINEAR_PARENT[name]}.{name}.weight", (n_out, n_in))
-            stacked[i] = hf.T.astype(np_dtype)
-        out[name] = jax.device_put(stacked)
+        out[name] = stacked([f"model.layers.{i}.{LINEAR_PARENT[name]}.{name}.weight" for i in range(L)],
+                            (n_in, n_out), transpose=True)
     return out
 
 
-def random_weights(spec: LlamaSpec, dtype, seed: int) -> dict[str, jax.Array]:
-    """N(0, 0.02) matrices and unit norms drawn directly on the device in the compute dtype, for
-    shapes too large to be worth writing to disk (``ModelSource.random_init``)."""
+def random_weights(spec: LlamaSpec, dtype, seed: int, layout: Layout) -> dict[str, jax.Array]:
+    """N(0, 0.02) matrices and unit norms drawn directly on the devices in the compute dtype,
+    each device drawing only its shards, for shapes too large to be worth writing to disk
+    (``ModelSource.random_init``)."""
     L, d, V = spec.num_layers, spec.hidden_size, spec.vocab_size
     shapes = {"embed_tokens": (V, d)}
     if not spec.tie_word_embeddings:
         shapes["lm_head"] = (V, d)
     shapes.update({name: (L, n_in, n_out) for name, (n_in, n_out) in spec.linear_dims().items()})
     root = jax.random.PRNGKey(seed)
+    dtype = jnp.dtype(dtype)
     out = {}
     for i, (name, shape) in enumerate(shapes.items()):
-        out[name] = _normal(jax.random.fold_in(root, i), shape, jnp.dtype(dtype))
-    ones = jnp.ones((d,), dtype)
-    out["norm"] = ones
-    out["input_layernorm"] = out["post_attention_layernorm"] = jnp.ones((L, d), dtype)
+        sharding = layout.weight(shape, stacked=len(shape) == 3)
+        out[name] = _normal(jax.random.fold_in(root, i), shape, dtype, sharding)
+    out["norm"] = _ones((d,), dtype, layout.replicated)
+    out["input_layernorm"] = out["post_attention_layernorm"] = _ones((L, d), dtype, layout.replicated)
     return out
 
 
-def _normal(key, shape, dtype):
-    # jit so the fp32 draw is fused into the cast: only the compute-dtype array is materialised.
-    return jax.jit(lambda k: (jax.random.normal(k, shape, jnp.float32) * INIT_STD).astype(dtype))(key)
+def _ones(shape, dtype, sharding):
+    return jax.jit(lambda: jnp.ones(shape, dtype), out_shardings=sharding)()
+
+
+def _normal(key, shape, dtype, sharding):
+    # jit so the fp32 draw is fused into the cast: only the compute-dtype array is materialised,
+    # and only the shards of each device.
+    return jax.jit(lambda k: (jax.random.normal(k, shape, jnp.float32) * INIT_STD).astype(dtype),
+                   out_shardings=sharding)(key)

@@ -27,6 +27,7 @@ from loraswitch.core.distributed import mesh_sizes, shard_rows
 from loraswitch.core.model_source import ModelSource
 
 from . import adapter_io, distributed, optimizer_state
+from .attention import attention_choice, attention_context, kernel_used
 from .generation import generate_tokens
 from .loss import chunk_loss, chunk_loss_and_grad, target_cross_entropy, target_positions
 from .model_loading import Placement, check_target_modules, choose_placement, load_base_model
@@ -71,6 +72,7 @@ class TorchBackend:
             mesh_sizes(config.mesh, 1, unit="processes",
                        hint="; torch runs one process per device: torchrun --nproc_per_node N -m loraswitch.core.cli train ...")
         self.placement: Placement = choose_placement(config.precision, config.compile, device)
+        self._attention = attention_context(attention_choice(self.placement.device))
         sharded = self.group is not None and self.group.sharded
 
         def lora_config(targets: list[str]) -> LoraConfig:
@@ -197,7 +199,7 @@ class TorchBackend:
         if scale is not None:
             rows, targets = np.zeros(1, np.int64), np.zeros(1, np.int64)
         input_ids, attention_mask = self._inputs(batch, causal_suffices=True)
-        with self._autocast():
+        with self._autocast(), self._attention():
             hidden = self._hidden_fn(input_ids, attention_mask)
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, self._to_device(rows))
         loss = target_cross_entropy(hidden, self.head, self._to_device(targets),
@@ -267,7 +269,7 @@ class TorchBackend:
             "device": f"{device} ({name})" if device.type == "cuda" else "cpu",
             "precision": self.placement.precision,
             "compile": self.placement.compile,
-            "attention": "sdpa",
+            "attention": self._attention_kernel(),
             "params_total": sum(p.numel() for p in unique),
             "params_trainable": sum(p.numel() for p in unique if p.requires_grad),
             "processes": self.group.world_size if self.group is not None else 1,
@@ -293,6 +295,13 @@ class TorchBackend:
         if (causal_suffices and right_padded) or mask.all():
             return input_ids, None
         return input_ids, self._to_device(mask.astype(np.int64))
+
+    def _attention_kernel(self) -> str:
+        c = self.model.get_base_model().config
+        heads = c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+        return kernel_used(self._attention, self.placement.device, heads,
+                           getattr(c, "num_key_value_heads", None) or heads, head_dim, self.placement.dtype)
 
     def _autocast(self):
         if not self.autocast:
