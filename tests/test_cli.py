@@ -12,7 +12,6 @@ import pytest
 
 from loraswitch.core.cli import main
 from loraswitch.core.config import defaults
-from loraswitch.core.plugins import reset_plugin_manager
 
 pytest.importorskip("loraswitch_numpy", reason="pip install -e examples/loraswitch-numpy")
 
@@ -20,15 +19,7 @@ SEED_DEFAULTS = {"lora_alpha": 64, "lora_dropout": 0.05, "batch_size": 4, "accum
                  "n_epochs": 500, "learning_rate_multiplier": 2.5e-5, "training_split": 0.8, "stop_eval_loss": 0.01}
 
 
-@pytest.fixture(autouse=True)
-def clean_env(tmp_path_factory, monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("LORASWITCH_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("LORASWITCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    reset_plugin_manager()
-    yield
-    reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from loraswitch.core import hookimpl, rundir
 from loraswitch.core.config import resolve
 from loraswitch.core.engine import resume_config, train
 from loraswitch.core.errors import UserError
-from loraswitch.core.plugins import get_plugin_manager, reset_plugin_manager
 from loraswitch.core.schedule import plan_epoch
+from loraswitch.core.plugins import get_plugin_manager
 
 pytest.importorskip("loraswitch_numpy", reason="pip install -e examples/loraswitch-numpy")
 
@@ -32,16 +32,7 @@ def write_data(path: Path, n: int = 30, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugins(tmp_path_factory, monkeypatch):
-    """A fresh plugin manager per test, a shared model cache, no LORASWITCH_* leaking in."""
-    for key in list(os.environ):
-        if key.startswith("LORASWITCH_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("LORASWITCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    reset_plugin_manager()
-    yield
-    reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 @pytest.fixture

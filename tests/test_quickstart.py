@@ -3,7 +3,6 @@ torch backend writes a run whose adapter loads in peft.PeftModel.from_pretrained
 backend's own logits. (The full-length quickstart and its metric are measured, not tested:
 README "Two commands".)"""
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -76,10 +76,13 @@ def load_weights(path: Path, spec: LlamaSpec, dtype, layout: Layout) -> dict[str
         hf_shape = shape[::-1] if transpose else shape
 
         def read(index):
-            layers, rest = index[0], index[1:]
+            layers, rest = range(L)[index[0]], index[1:]
             hf_index = rest[::-1] if transpose else rest
-            blocks = [files.get(names[i], hf_shape)[hf_index] for i in range(L)[layers]]
-            return np.stack([(b.T if transpose else b).astype(np_dtype) for b in blocks])
+            block = np.empty((len(layers), *(len(range(n)[s]) for n, s in zip(shape, rest))), np_dtype)
+            for j, i in enumerate(layers):  # one copy: mapped file -> block, transposed and cast
+                part = files.get(names[i], hf_shape)[hf_index]
+                block[j] = part.T if transpose else part
+            return block
 
         return put_from(full, layout.weight(full, stacked=True), read)
 

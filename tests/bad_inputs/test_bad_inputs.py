@@ -33,15 +33,7 @@ def records() -> str:
     return "".join(json.dumps({"prompt": f"{i}+2=", "completion": str(i + 2)}) + "\n" for i in range(20))
 
 
-@pytest.fixture(autouse=True)
-def clean_env(tmp_path_factory, monkeypatch):
-    for key in list(os.environ):
-        if key.startswith("LORASWITCH_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("LORASWITCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    reset_plugin_manager()
-    yield
-    reset_plugin_manager()
+pytestmark = pytest.mark.usefixtures("isolated_env")
 
 
 @pytest.fixture(scope="module")
