@@ -6,13 +6,14 @@ conversion, a truncated file, a disk error) is treated as absent and rebuilt, ne
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Callable
+
+from .atomic import fsync_dir, sha256_file
 
 MANIFEST = ".loraswitch-manifest.json"
 
@@ -21,14 +22,6 @@ def cache_dir() -> Path:
     """$LORASWITCH_CACHE, else ~/.cache/loraswitch (created on first use by the callers)."""
     env = os.environ.get("LORASWITCH_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "loraswitch"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _files(directory: Path) -> list[Path]:
@@ -74,19 +67,6 @@ def verify(directory: str | Path) -> bool:
     return True
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not supported everywhere (Windows); the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def discard(target: str | Path) -> None:
     """Remove a cache entry: renamed aside first, so it stops counting as present at once."""
     target = Path(target)
@@ -111,7 +91,7 @@ def publish_dir(target: str | Path, build: Callable[[Path], None]) -> Path:
         tmp.mkdir()
         build(tmp)
         write_manifest(tmp)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if target.exists():
             if verify(target):  # another process finished first
                 return target
@@ -122,7 +102,7 @@ def publish_dir(target: str | Path, build: Callable[[Path], None]) -> Path:
             if verify(target):  # lost a race against another builder
                 return target
             raise
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return target
     finally:
         if tmp.exists():

@@ -14,7 +14,6 @@ checkpoint counts as complete only when that file parses and the files it lists 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from typing import Any, Callable
 import yaml
 
 from . import kill_points
+from .atomic import atomic_write_json, atomic_write_text, fsync_dir, fsync_tree, sha256_file
 from .errors import UserError
 
 CONFIG = "config.yaml"
@@ -45,60 +45,6 @@ def checkpoint_name(step: int) -> str:
 # ---------------------------------------------------------------- atomic files
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a rename durable: fsync the directory that holds it (a no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
-
-
-def _fsync_tree(directory: Path) -> None:
-    for p in sorted(directory.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    for d in sorted({p.parent for p in directory.rglob("*")} | {directory}):
-        fsync_dir(d)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def replace_dir(target: Path, fill: Callable[[Path], None]) -> None:
     """Build a directory with ``fill(tmp)`` beside ``target`` and swap it in. The old copy is
     moved aside before the rename, so at every instant one complete version exists on disk."""
@@ -107,7 +53,7 @@ def replace_dir(target: Path, fill: Callable[[Path], None]) -> None:
     try:
         tmp.mkdir(parents=True)
         fill(tmp)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if target.exists():
             os.replace(target, old)
         kill_points.reached("replace", target.name)
@@ -245,9 +191,9 @@ def write_checkpoint(run_dir: Path, step: int, fill: Callable[[Path], None], tra
     files = {}
     for p in sorted(tmp.rglob("*")):
         if p.is_file():
-            files[p.relative_to(tmp).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+            files[p.relative_to(tmp).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     state = dict(trainer_state, files=files)
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     kill_points.reached("checkpoint", step, "files")
     with open(tmp / TRAINER_STATE, "w", encoding="utf-8") as f:
         json.dump(state, f, indent=2, allow_nan=False)
@@ -345,7 +291,7 @@ def verify_checkpoint(checkpoint: Path) -> dict[str, Any]:
     if state is None:
         raise UserError(f"{checkpoint / TRAINER_STATE}: checkpoint is incomplete or its trainer state is not valid JSON")
     for name, info in state["files"].items():
-        if _sha256(checkpoint / name) != info.get("sha256"):
+        if sha256_file(checkpoint / name) != info.get("sha256"):
             raise UserError(f"{checkpoint / name}: checksum differs from {TRAINER_STATE}; the checkpoint is damaged "
                             f"(delete {checkpoint} to resume from the previous one)")
     return state
