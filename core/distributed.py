@@ -71,11 +71,12 @@ def activate(comm: Communicator | None) -> None:
 
 
 def process_rank() -> int:
-    """This process's rank: the active communicator's, else torchrun's ``RANK``, else 0."""
+    """This process's rank: the active communicator's, else torchrun's ``RANK`` or a JAX
+    multi-host launch's ``JAX_PROCESS_ID`` (known before the backend has loaded), else 0."""
     if _active is not None:
         return _active.rank
     try:
-        return int(os.environ.get("RANK", "0"))
+        return int(os.environ.get("RANK") or os.environ.get("JAX_PROCESS_ID") or "0")
     except ValueError:
         return 0
 

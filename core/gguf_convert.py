@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import UserError
 from .gguf import GGUFFile
+from .shapes import llama_config
 
 _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
@@ -58,33 +59,15 @@ def hf_config(g: GGUFFile) -> dict[str, Any]:
 
     hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
     tokens = m.get("tokenizer.ggml.tokens") or []
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": int(key("feed_forward_length")),
-        "num_hidden_layers": int(key("block_count")),
-        "num_attention_heads": heads,
-        "num_key_value_heads": int(key("attention.head_count_kv", heads)),
-        "head_dim": int(key("rope.dimension_count", hidden // heads)),
-        "vocab_size": int(key("vocab_size", len(tokens))),
-        "max_position_embeddings": int(key("context_length")),
-        "rope_theta": float(key("rope.freq_base", 10000.0)),
-        "rope_scaling": None,
-        "rms_norm_eps": float(np.float32(key("attention.layer_norm_rms_epsilon"))),
-        "tie_word_embeddings": "output.weight" not in g.tensors,
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "mlp_bias": False,
-        "initializer_range": 0.02,
-        "pretraining_tp": 1,
-        "use_cache": True,
-        "torch_dtype": "float32",
-        "bos_token_id": m.get("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": m.get("tokenizer.ggml.eos_token_id"),
-        "pad_token_id": m.get("tokenizer.ggml.padding_token_id"),
-    }
+    return llama_config(
+        hidden, int(key("feed_forward_length")), int(key("block_count")), heads,
+        int(key("attention.head_count_kv", heads)), int(key("vocab_size", len(tokens))),
+        tied="output.weight" not in g.tensors, rope_theta=float(key("rope.freq_base", 10000.0)),
+        dtype="float32", max_pos=int(key("context_length")),
+        head_dim=int(key("rope.dimension_count", hidden // heads)),
+        rms_norm_eps=float(np.float32(key("attention.layer_norm_rms_epsilon"))),
+        bos=m.get("tokenizer.ggml.bos_token_id"), eos=m.get("tokenizer.ggml.eos_token_id"),
+        pad=m.get("tokenizer.ggml.padding_token_id"))
 
 
 def hf_weights(g: GGUFFile, config: dict[str, Any]) -> dict[str, np.ndarray]:

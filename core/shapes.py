@@ -14,8 +14,11 @@ BYTE_VOCAB = 259  # 256 bytes + <|endoftext|>, <|im_start|>, <|im_end|> (see byt
 BOS_ID, EOS_ID, PAD_ID = 256, 258, 256
 
 
-def _llama(hidden: int, ffn: int, layers: int, heads: int, kv_heads: int, vocab: int, *, tied: bool,
-           rope_theta: float, dtype: str, max_pos: int = 2048) -> dict[str, Any]:
+def llama_config(hidden: int, ffn: int, layers: int, heads: int, kv_heads: int, vocab: int, *, tied: bool,
+                 rope_theta: float, dtype: str, max_pos: int = 2048, head_dim: int | None = None,
+                 rms_norm_eps: float = 1e-5, bos: int | None = BOS_ID, eos: int | None = EOS_ID,
+                 pad: int | None = PAD_ID) -> dict[str, Any]:
+    """A complete Hugging Face LlamaConfig dict (also used for GGUF conversion)."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -24,13 +27,13 @@ def _llama(hidden: int, ffn: int, layers: int, heads: int, kv_heads: int, vocab:
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
-        "head_dim": hidden // heads,
+        "head_dim": head_dim or hidden // heads,
         "vocab_size": vocab,
         "tie_word_embeddings": tied,
         "rope_theta": rope_theta,
         "rope_scaling": None,
         "max_position_embeddings": max_pos,
-        "rms_norm_eps": 1e-5,
+        "rms_norm_eps": rms_norm_eps,
         "hidden_act": "silu",
         "attention_bias": False,
         "attention_dropout": 0.0,
@@ -39,17 +42,17 @@ def _llama(hidden: int, ffn: int, layers: int, heads: int, kv_heads: int, vocab:
         "pretraining_tp": 1,
         "use_cache": True,
         "torch_dtype": dtype,
-        "bos_token_id": BOS_ID,
-        "eos_token_id": EOS_ID,
-        "pad_token_id": PAD_ID,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
     }
 
 
 SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": _llama(64, 128, 2, 4, 2, 512, tied=False, rope_theta=10000.0, dtype="float32"),
-    "llama-1b": _llama(2048, 8192, 16, 32, 8, 128256, tied=True, rope_theta=500000.0, dtype="bfloat16"),
-    "llama-3b": _llama(3072, 8192, 28, 24, 8, 128256, tied=True, rope_theta=500000.0, dtype="bfloat16"),
-    "llama-8b": _llama(4096, 14336, 32, 32, 8, 128256, tied=False, rope_theta=500000.0, dtype="bfloat16"),
+    "tiny": llama_config(64, 128, 2, 4, 2, 512, tied=False, rope_theta=10000.0, dtype="float32"),
+    "llama-1b": llama_config(2048, 8192, 16, 32, 8, 128256, tied=True, rope_theta=500000.0, dtype="bfloat16"),
+    "llama-3b": llama_config(3072, 8192, 28, 24, 8, 128256, tied=True, rope_theta=500000.0, dtype="bfloat16"),
+    "llama-8b": llama_config(4096, 14336, 32, 32, 8, 128256, tied=False, rope_theta=500000.0, dtype="bfloat16"),
 }
 
 
