@@ -54,3 +54,51 @@ def test_dropout_rate_and_scale():
     assert float(jnp.mean(y == 0)) == pytest.approx(0.05, abs=0.002)
     assert set(np.unique(np.asarray(y, np.float32)).tolist()) == {0.0, float(jnp.bfloat16(1 / 0.95))}
     assert dropout(x, 0.05, None) is x
+
+
+def _residuals_and_grads(tmp_path, monkeypatch, remat):
+    """What the backward pass of the tiny model keeps under ``remat``, and its LoRA gradients."""
+    import contextlib
+    import io
+
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from loraswitch.backends.jax_flax.backend import JaxBackend
+    from loraswitch.core.config import Config
+    from loraswitch.core.model_source import ModelSource
+    from loraswitch.core.random_model import write_random_model
+
+    monkeypatch.setenv("LORASWITCH_JAX_REMAT", remat)
+    directory = tmp_path / "tiny"
+    if not directory.exists():
+        write_random_model(directory, "tiny", seed=0)
+    backend = JaxBackend()
+    backend.load(ModelSource(name="tiny", path=directory),
+                 Config(lora_r=4, lora_alpha=8.0, lora_dropout=0.05, precision="fp32", seed=0), train=True)
+    lora = jax.tree.map(lambda a: a + 0.01, backend.lora)  # B != 0, so every LoRA path carries gradient
+    ids = np.random.default_rng(0).integers(0, 500, (2, 32)).astype(np.int32)
+
+    def loss(lora):
+        model = nnx.merge(backend.graphdef, lora, backend.frozen)
+        return model.loss_sum(ids, np.ones_like(ids), ids, dropout_key=jax.random.key(0))
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        print_saved_residuals(loss, lora)
+    return printed.getvalue(), jax.tree.leaves(jax.jit(jax.grad(loss))(lora))
+
+
+def test_dots_fused_policy_saves_the_fused_products(tmp_path, monkeypatch):
+    """Plain ``dots`` cannot see the products inside the custom VJP (so backward recomputes
+    them); ``dots+fused`` keeps them, and every policy gives the same gradients."""
+    # tiny: q, k, v = 64 + 32 + 32 wide, gate + up = 2 x 128 wide
+    fused_outputs = ("f32[2,2,32,128] output of scan", "f32[2,2,32,256] output of scan")
+    dots, dots_grads = _residuals_and_grads(tmp_path, monkeypatch, "dots")
+    kept, kept_grads = _residuals_and_grads(tmp_path, monkeypatch, "dots+fused")
+    _, plain_grads = _residuals_and_grads(tmp_path, monkeypatch, "none")
+    assert not any(s in dots for s in fused_outputs)
+    assert all(s in kept for s in fused_outputs)
+    for got, other, want in zip(kept_grads, dots_grads, plain_grads):
+        scale = 1e-5 * float(jnp.abs(want).max())
+        np.testing.assert_allclose(got, want, rtol=0, atol=scale)
+        np.testing.assert_allclose(other, want, rtol=0, atol=scale)

@@ -21,6 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+# The checkpoint_name of a fused product's output. The product runs inside a custom VJP, whose
+# dots the "dots" rematerialisation policy does not see: under it the product is recomputed in
+# backward; the policy "dots+fused" (options.py) saves it by this name.
+FUSED_NAME = "fused_projection"
 
 
 def lora_scaling(alpha: float, rank: int, use_rslora: bool) -> float:
@@ -93,6 +99,7 @@ def fused_projections(x: jax.Array, linears: Sequence[LoRALinear],
                                   for lin, key in lora], axis=-1)
         b_rows = _block_rows(linears, widths, x.dtype)
         y = lora_matmul(x, xa, kernel, b_rows)
+    y = checkpoint_name(y, FUSED_NAME)
     return [y] if len(widths) == 1 else jnp.split(y, np.cumsum(widths)[:-1].tolist(), axis=-1)
 
 

@@ -21,7 +21,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from loraswitch.core.batch import IGNORE_INDEX
 
-from .lora import LoRALinear, fused_projections
+from .lora import FUSED_NAME, LoRALinear, fused_projections
 from .options import Options
 from .rope import apply_rope, cos_sin, inv_frequencies
 from .spec import LINEAR_PARENT, LlamaSpec
@@ -142,6 +142,11 @@ def _remat(fn, policy: str):
         return jax.checkpoint(fn, prevent_cse=False)
     if policy == "dots":
         return jax.checkpoint(fn, prevent_cse=False, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    if policy == "dots+fused":  # the fused products' outputs too (their dots sit inside a custom VJP)
+        both = jax.checkpoint_policies.save_from_both_policies(
+            jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+            jax.checkpoint_policies.save_only_these_names(FUSED_NAME))
+        return jax.checkpoint(fn, prevent_cse=False, policy=both)
     names = policy.removeprefix("names:").split(",")
     return jax.checkpoint(fn, prevent_cse=False, policy=jax.checkpoint_policies.save_only_these_names(*names))
 

@@ -3,11 +3,13 @@
 They change speed and memory, never the loss (beyond bf16 rounding), so they are not config keys:
 
   LORASWITCH_JAX_ATTENTION   auto | cudnn | xla      (auto: cudnn on GPU with bf16, else xla)
-  LORASWITCH_JAX_REMAT       none | dots | full | names:a,b   rematerialisation of each layer in
-                             the backward pass (names: save only these checkpoint_name'd values:
-                             qkv, attn_out, mlp_hidden). auto: dots on GPU/TPU (llama-1b on an
-                             H200: peak 28.3 -> 18.5 GiB at the same speed, docs/bench/NOTES.md),
-                             none on CPU
+  LORASWITCH_JAX_REMAT       none | dots | dots+fused | full | names:a,b   rematerialisation of
+                             each layer in the backward pass (names: save only these
+                             checkpoint_name'd values: qkv, attn_out, mlp_hidden). auto: dots on
+                             GPU/TPU (llama-1b on an H200: peak 28.3 -> 18.5 GiB at the same speed,
+                             docs/bench/NOTES.md), none on CPU. dots does not see the fused
+                             products (LORASWITCH_JAX_FUSE) and recomputes them in backward;
+                             dots+fused saves them too (not yet measured on a GPU: NOTES.md)
   LORASWITCH_JAX_LOSS_CHUNK  tokens per lm_head + cross-entropy chunk (default 4096); the fp32
                              logits of only one chunk exist at a time
   LORASWITCH_JAX_PRNG        PRNG for LoRA dropout: threefry2x32 | rbg | unsafe_rbg
@@ -58,8 +60,8 @@ def choose_options(platform: str, precision: str, head_dim: int = 64) -> Options
     remat = _env("LORASWITCH_JAX_REMAT", "auto")
     if remat == "auto":
         remat = "dots" if accelerator else "none"
-    if remat not in ("none", "dots", "full") and not remat.startswith("names:"):
-        raise UserError(f"LORASWITCH_JAX_REMAT={remat!r}: expected auto, none, dots, full or names:{','.join(REMAT_NAMES)}")
+    if remat not in ("none", "dots", "dots+fused", "full") and not remat.startswith("names:"):
+        raise UserError(f"LORASWITCH_JAX_REMAT={remat!r}: expected auto, none, dots, dots+fused, full or names:{','.join(REMAT_NAMES)}")
     for name in remat.removeprefix("names:").split(",") if remat.startswith("names:") else ():
         if name not in REMAT_NAMES:
             raise UserError(f"LORASWITCH_JAX_REMAT: unknown name {name!r}; names: {', '.join(REMAT_NAMES)}")

@@ -40,7 +40,7 @@ case $mode in
         ;;
     full)
         bench llama-1b --shape llama-1b --systems $systems --steps 5 --warmup_steps 2 --timeout_s 240
-        bench llama-3b --shape llama-3b --systems $systems --steps 3 --warmup_steps 2 --timeout_s 240
+        bench llama-3b --shape llama-3b --systems $systems --steps 3 --warmup_steps 2 --timeout_s 300
         ;;
     *) echo "usage: $0 smoke|full OUT_DIR" >&2; exit 2 ;;
 esac

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The A/B variants that the 2026-11-29 session (h200_session.sh) ran out of time for, on
+# llama-1b, 3 timed steps after 2 warm-up; about 4 minutes on a fresh machine (the torch one
+# compiles cold). NOTES.md, "Run 2", says what each is predicted to give.
+#
+#   bash docs/bench/h200_next.sh OUT_DIR
+set -uo pipefail
+out=${1:-bench-results/next}
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+shim=$(mktemp -d)
+mkdir -p "$shim/loraswitch" "$out"
+for d in core backends plugins; do ln -s "$repo/$d" "$shim/loraswitch/$d"; done
+export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export LORASWITCH_CACHE=${LORASWITCH_CACHE:-/tmp/loraswitch-cache}
+py=${PYTHON:-python3}
+
+bench() {  # bench NAME ARGS...
+    local name=$1; shift
+    echo "=== $name: loraswitch bench $* $(env | grep -E '^(LORASWITCH_JAX|LORASWITCH_TORCH|XLA_FLAGS)' | tr '\n' ' ')"
+    $py -m loraswitch.core.cli bench --shape llama-1b --steps 3 --warmup_steps 2 --timeout_s 200 --out "$out/$name" "$@" > "$out/$name.log" 2>&1
+    grep -E "^│" "$out/$name.log"
+}
+
+bench jax-default --systems jax                                         # the table's configuration
+LORASWITCH_JAX_REMAT=dots+fused bench jax-dots-fused --systems jax      # keep the fused products
+LORASWITCH_JAX_FUSE=off bench jax-unfused --systems jax                 # what the fusion gave
+XLA_FLAGS=--xla_gpu_enable_triton_gemm=false bench jax-no-triton-gemm --systems jax
+LORASWITCH_TORCH_ATTENTION=flash bench torch-flash --systems torch      # what cuDNN attention gave
+
+$py - "$out" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+reports = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/results.json"))}
+(out / "next.json").write_text(json.dumps(reports, indent=1) + "\n")
+PY
