@@ -2,8 +2,8 @@
 each has ``HELP``, ``add_arguments(parser)`` and ``run(args) -> exit code``. Adding a command
 (the benchmark adds ``bench``) is one module plus one name in ``COMMANDS``.
 
-    loraswitch train examples/quickstart/config.yaml --n_steps 20
-    loraswitch config examples/quickstart/config.yaml --lora_r 8 --json
+    loraswitch train examples/quickstart.yaml --n_steps 20
+    loraswitch config examples/quickstart.yaml --lora_r 8 --json
     loraswitch backends
 
 Every ``UserError`` is printed as one line, ``error: ...``, with exit code 2; ``--debug`` (or

@@ -4,7 +4,7 @@ The engine owns everything that must be identical on every backend: the split, t
 accumulation windows and their loss weights, the learning rate, evaluation, stopping and the run
 directory. A backend only runs micro-steps. Run it with::
 
-    loraswitch train examples/quickstart/config.yaml --backend numpy --n_steps 20
+    loraswitch train examples/quickstart.yaml --backend numpy --n_steps 20
     loraswitch train --resume runs/run          # continue from the latest complete checkpoint
 
 Resume replays the same state: the epoch order is a function of (seed, epoch), dropout keys of
@@ -91,7 +91,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     # Packing happens once, before shuffling: the rows are then fixed, so the epoch plan (and a
     # resumed run's position in it) does not depend on the order.
     rows = pack(data.train, config.max_seq_len) if config.packing else data.train
-    windows_per_epoch = len(plan_epoch(len(rows), config.batch_size, config.accumulation_steps))
+    windows = plan_epoch(len(rows), config.batch_size, config.accumulation_steps)  # the same every epoch
+    windows_per_epoch = len(windows)
     if saved is not None:
         _check_checkpoint_matches(saved, config, fingerprint, checkpoint, windows_per_epoch)
 
@@ -212,9 +213,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
 
     with StopRequest() as stop:
         reason = after_step()  # a resumed run may stop at once, or owe the eval of its step
+        order = epoch_order(len(rows), config.seed, state.epoch)
         while reason is None and not comm.any_true(stop.requested):
-            windows = plan_epoch(len(rows), config.batch_size, config.accumulation_steps)
-            order = epoch_order(len(rows), config.seed, state.epoch)
             window = windows[state.window]
             t_step = time.perf_counter()
             batches = [collate([rows[order[i]] for i in r], config.batch_size, pad_id, PAD_TO_MULTIPLE,
@@ -237,6 +237,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
             state.window += 1
             if state.window == windows_per_epoch:
                 state.epoch, state.window = state.epoch + 1, 0
+                order = epoch_order(len(rows), config.seed, state.epoch)
             state.tokens += step_tokens
             state.train_loss = loss
             step_s = time.perf_counter() - t_step

@@ -26,13 +26,13 @@ _GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.
 _TOKEN_TYPE_CONTROL, _TOKEN_TYPE_USER_DEFINED = 3, 4
 
 
-def hf_name(gguf_name: str) -> str:
+def hf_name(gguf_name: str, source: Path) -> str:
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
     parts = gguf_name.split(".")  # blk.N.attn_q.weight
     if len(parts) == 4 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
         return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
-    raise UserError(f"GGUF tensor {gguf_name!r} has no Hugging Face Llama equivalent")
+    raise UserError(f"{source}: GGUF tensor {gguf_name!r} has no Hugging Face Llama equivalent")
 
 
 def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -78,7 +78,7 @@ def hf_weights(g: GGUFFile, config: dict[str, Any]) -> dict[str, np.ndarray]:
             w = unpermute_qk(w, config["num_attention_heads"])
         elif name.endswith("attn_k.weight"):
             w = unpermute_qk(w, config["num_key_value_heads"])
-        out[hf_name(name)] = np.ascontiguousarray(w, dtype=np.float32)
+        out[hf_name(name, g.path)] = np.ascontiguousarray(w, dtype=np.float32)
     return out
 
 

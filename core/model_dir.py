@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .json_file import read_json_object
 from .shapes import tensor_shapes
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
@@ -69,16 +70,8 @@ def weight_files(path: Path) -> list[Path]:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    file = path / "config.json"
-    if not file.is_file():
-        raise UserError(f"{file}: missing; a model directory needs config.json, tokenizer.json and *.safetensors weights")
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{file}: not valid JSON ({e})") from e
-    if not isinstance(config, dict):
-        raise UserError(f"{file}: must be a JSON object")
-    return config
+    return read_json_object(path / "config.json",
+                            if_missing="a model directory needs config.json, tokenizer.json and *.safetensors weights")
 
 
 def check_config(config: dict[str, Any], file: Path) -> None:

@@ -107,7 +107,7 @@ def call_hook(name: str, **kwargs: Any) -> list[Any]:
     pm = get_plugin_manager()
     caller = getattr(pm.hook, name)
     results = []
-    trace = bool(os.environ.get("LORASWITCH_TRACE_HOOKS"))
+    trace = os.environ.get("LORASWITCH_TRACE_HOOKS", "") not in ("", "0")
     # Call implementations one by one so a failure can be attributed to its plugin.
     for impl in reversed(caller.get_hookimpls()):
         if trace:

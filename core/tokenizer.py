@@ -21,6 +21,7 @@ import numpy as np
 
 from .batch import TokenizedExample
 from .errors import UserError
+from .json_file import read_json_object
 from .jsonl import Message, Record, parse_record
 
 # Strings that end a turn in the templates of common model families; those present in both the
@@ -81,7 +82,7 @@ class ChatTokenizer:
             tok = Tokenizer.from_file(str(tok_file))
         except Exception as e:  # the Rust error text is one line and says what is wrong
             raise UserError(f"{tok_file}: cannot load tokenizer: {str(e).splitlines()[0] if str(e) else e!r}") from e
-        cfg = _read_json(d / "tokenizer_config.json") or {}
+        cfg = _read_optional_json(d / "tokenizer_config.json")
         template = cfg.get("chat_template")
         if isinstance(template, list):  # several named templates: HF uses the one named "default"
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -94,7 +95,7 @@ class ChatTokenizer:
             source = str(d / "tokenizer_config.json")
         if template is not None and not isinstance(template, str):
             raise UserError(f"{source}: chat_template must be a string, got {type(template).__name__}")
-        gen = _read_json(d / "generation_config.json") or {}
+        gen = _read_optional_json(d / "generation_config.json")
         gen_eos = gen.get("eos_token_id")
         extra = [gen_eos] if isinstance(gen_eos, int) else [i for i in (gen_eos or []) if isinstance(i, int)]
         eos = _token_str(cfg.get("eos_token"))
@@ -324,16 +325,9 @@ def _compile_template(source_text: str, source: str):
         raise UserError(f"{source}: chat_template is not valid jinja (template line {e.lineno}): {e.message}") from e
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return value
+def _read_optional_json(path: Path) -> dict[str, Any]:
+    """tokenizer_config.json and generation_config.json are optional: absent reads as {}."""
+    return read_json_object(path) if path.is_file() else {}
 
 
 def _token_str(value: Any) -> str | None:

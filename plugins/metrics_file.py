@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +39,6 @@ def read(run_dir: Path) -> list[dict[str, Any]]:
         if isinstance(obj, dict):
             out.append(obj)
     return out
-
-
-def truncate_after(run_dir: Path, step: int) -> None:
-    """Drop every line whose ``step`` is beyond ``step`` (and any torn line), atomically.
-
-    The engine calls this when resuming from the checkpoint at ``step``: the steps after it are
-    trained again, so their old lines must go, or the file would report them twice."""
-    path = Path(run_dir) / FILENAME
-    if not path.exists():
-        return
-    kept = [r for r in read(run_dir) if not (isinstance(r.get("step"), (int, float)) and r["step"] > step)]
-    tmp = path.with_name(FILENAME + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, allow_nan=False) + "\n" for r in kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _finite(value: Any) -> Any:

@@ -5,10 +5,8 @@ The end-to-end test checks structure and that every system trained; it never che
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 
 import numpy as np
 import pytest

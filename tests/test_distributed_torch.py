@@ -13,41 +13,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import yaml
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from safetensors.numpy import load_file  # noqa: E402
-
 from loraswitch.core.config import resolve  # noqa: E402
 from loraswitch.core.engine import resume_config, train  # noqa: E402
 from loraswitch.core.errors import UserError  # noqa: E402
-from loraswitch.core.random_model import write_random_model  # noqa: E402
 
-N_STEPS = 4
-RTOL = 1e-5
+from distributed_runs import N_STEPS, assert_same_adapter, assert_same_losses, losses, write_setup  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """Model, data and a config file; 40 examples of uneven length, so windows mix padding."""
-    root = tmp_path_factory.mktemp("dist")
-    model = write_random_model(root / "tiny", "tiny", seed=0)
-    rng = np.random.default_rng(0)
-    with open(root / "train.jsonl", "w") as f:
-        for _ in range(40):
-            a, b = (int(x) for x in rng.integers(0, 50, 2))
-            f.write(json.dumps({"prompt": f"{a}+{b}=" * int(rng.integers(1, 4)), "completion": str(a + b)}) + "\n")
-    values = dict(backend="torch", model=str(model), data=str(root / "train.jsonl"), batch_size=4,
-                  accumulation_steps=2, n_steps=N_STEPS, eval_every=2, save_every=2, eval_batches=2,
-                  learning_rate_multiplier=1e-3, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                  precision="fp32", compile="false", seed=0)
-    (root / "config.yaml").write_text(yaml.safe_dump(values))
-    return root
+    """Model, data and config.yaml, written once for the module."""
+    return write_setup(tmp_path_factory.mktemp("dist"), "torch", compile="false")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,28 +53,6 @@ def torchrun(setup: Path, run_dir: Path, *overrides: str) -> None:
            "-m", "loraswitch.core.cli", "train", str(setup / "config.yaml"), "--output_dir", str(run_dir), *overrides]
     done = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-
-
-def losses(run_dir: Path) -> list[tuple[str, int, float]]:
-    out = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if r["event"] in ("step", "eval"):
-            out.append((r["event"], r["step"], r["loss"] if r["event"] == "step" else r["eval_loss"]))
-    return out
-
-
-def assert_same_losses(ours, reference):
-    assert [(e, s) for e, s, _ in ours] == [(e, s) for e, s, _ in reference]
-    np.testing.assert_allclose([x for *_, x in ours], [x for *_, x in reference], rtol=RTOL, atol=0)
-
-
-def assert_same_adapter(ours: Path, reference: Path):
-    a, b = load_file(str(ours / "adapter_model.safetensors")), load_file(str(reference / "adapter_model.safetensors"))
-    assert sorted(a) == sorted(b)
-    for key in b:
-        error = np.linalg.norm(a[key] - b[key]) / max(np.linalg.norm(b[key]), 1e-12)
-        assert error < RTOL, f"{key}: relative error {error:.2e}"
 
 
 @pytest.fixture(scope="module")

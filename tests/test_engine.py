@@ -18,9 +18,9 @@ from loraswitch.core.errors import UserError
 from loraswitch.core.schedule import plan_epoch
 from loraswitch.core.plugins import get_plugin_manager
 
-pytest.importorskip("loraswitch_numpy", reason="pip install -e examples/loraswitch-numpy")
+from run_metrics import metrics_lines
 
-TIMING = {"elapsed_s", "tokens_per_s"}
+pytest.importorskip("loraswitch_numpy", reason="pip install -e examples/loraswitch-numpy")
 
 
 def write_data(path: Path, n: int = 30, seed: int = 0) -> Path:
@@ -46,15 +46,6 @@ def make_config(tmp_path: Path, data: Path, name: str = "run", **kw):
                   learning_rate_multiplier=0.02, lora_r=4)
     values.update(kw)
     return resolve(None, values, environ={})
-
-
-def lines(run_dir: Path, events=("step", "eval")) -> list[dict]:
-    out = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        obj = json.loads(line)
-        if obj["event"] in events:
-            out.append({k: v for k, v in obj.items() if k not in TIMING})
-    return out
 
 
 def adapter_bytes(run_dir: Path) -> dict[str, bytes]:
@@ -155,10 +146,10 @@ def test_n_steps_run_directory(tmp_path, data):
     assert [s for s, _ in rundir.complete_checkpoints(run)] == [8, 10]
     assert adapter_bytes(run) == {p.name: p.read_bytes() for p in (run / "checkpoints/step-000010/adapter").iterdir()}
     assert (run / "adapter" / "adapter_config.json").exists() and (run / "adapter" / "adapter_model.safetensors").exists()
-    steps = [m for m in lines(run) if m["event"] == "step"]
+    steps = [m for m in metrics_lines(run) if m["event"] == "step"]
     assert [m["step"] for m in steps] == list(range(1, 11))
     assert all(set(m) >= {"epoch", "loss", "lr", "tokens"} for m in steps)
-    assert [m["step"] for m in lines(run, ("eval",))] == [3, 6, 9, 10]
+    assert [m["step"] for m in metrics_lines(run, ("eval",))] == [3, 6, 9, 10]
     assert steps[-1]["loss"] < steps[0]["loss"]
     saved = rundir.read_run_config(run)
     assert saved["lora_r"] == 4 and Path(saved["data"]).is_absolute()
@@ -184,7 +175,7 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path, data, monkeypatch)
     assert summary["steps"] == 5 and summary["non_finite_step"] == 6 and summary["adapter_step"] == 4
     assert [s for s, _ in rundir.complete_checkpoints(run)] == [2, 4]
     assert adapter_bytes(run) == {p.name: p.read_bytes() for p in (run / "checkpoints/step-000004/adapter").iterdir()}
-    assert max(m["step"] for m in lines(run)) == 5  # the bad step wrote no metrics
+    assert max(m["step"] for m in metrics_lines(run)) == 5  # the bad step wrote no metrics
 
 
 def test_interrupt_checkpoints_the_last_step_and_resume_matches(tmp_path, data):
@@ -203,7 +194,7 @@ def test_interrupt_checkpoints_the_last_step_and_resume_matches(tmp_path, data):
     resumed = train(resume_config(run), resume=True, quiet=True)
     assert resumed["stop_reason"] == "n_steps" and resumed["steps"] == 14
     assert adapter_bytes(run) == adapter_bytes(tmp_path / "full")
-    assert lines(run) == lines(tmp_path / "full")
+    assert metrics_lines(run) == metrics_lines(tmp_path / "full")
     assert resumed["final_eval_loss"] == full["final_eval_loss"]
 
 
@@ -220,11 +211,11 @@ def test_interrupt_during_eval_is_evaluated_again_on_resume(tmp_path, data):
     part = train(make_config(tmp_path, data, "part", **kw), quiet=True)
     run = tmp_path / "part"
     assert (part["stop_reason"], part["steps"], part["eval_step"]) == ("interrupted", 6, 3)
-    assert [m["step"] for m in lines(run, ("eval",))] == [3]
+    assert [m["step"] for m in metrics_lines(run, ("eval",))] == [3]
 
     resumed = train(resume_config(run), resume=True, quiet=True)
     assert resumed["steps"] == 9
-    assert lines(run) == lines(tmp_path / "full")
+    assert metrics_lines(run) == metrics_lines(tmp_path / "full")
     assert adapter_bytes(run) == adapter_bytes(tmp_path / "full")
 
 
@@ -252,7 +243,7 @@ def test_crash_then_resume_ignores_partial_checkpoints(tmp_path, data):
     resumed = train(resume_config(run), resume=True, quiet=True)
     assert resumed["steps"] == 13
     assert adapter_bytes(run) == adapter_bytes(tmp_path / "full")
-    assert lines(run) == lines(tmp_path / "full")
+    assert metrics_lines(run) == metrics_lines(tmp_path / "full")
     assert not (run / "checkpoints" / ".tmp-step-000012").exists()
 
 
@@ -264,7 +255,7 @@ def test_resume_can_extend_n_steps_and_says_what_else_is_ignored(tmp_path, data,
     assert config.n_steps == 6 and config.lora_r == 4 and config.output_dir == str(tmp_path / "run")
     summary = train(config, resume=True, quiet=True)
     assert summary["steps"] == 6
-    assert [m["step"] for m in lines(tmp_path / "run", ("step",))] == [1, 2, 3, 4, 5, 6]
+    assert [m["step"] for m in metrics_lines(tmp_path / "run", ("step",))] == [1, 2, 3, 4, 5, 6]
 
 
 def test_existing_run_is_never_overwritten_without_a_flag(tmp_path, data):

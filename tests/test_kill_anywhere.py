@@ -34,10 +34,11 @@ import pytest
 
 from loraswitch.core import rundir
 
+from run_metrics import metrics_lines
+
 pytest.importorskip("loraswitch_numpy", reason="pip install -e examples/loraswitch-numpy")
 
 EXE = Path(sys.executable).parent / "loraswitch"
-TIMING = {"elapsed_s", "tokens_per_s"}
 SUMMARY_KEYS = ("stop_reason", "steps", "epochs", "final_eval_loss", "final_train_loss", "eval_step",
                 "adapter_step", "tokens", "n_train", "n_validation")
 
@@ -84,18 +85,9 @@ def loraswitch(*args, kill_at: str | None = None, cwd: Path, extra_env: dict | N
                           env=dict(env(kill_at), **(extra_env or {})), cwd=cwd, timeout=300)
 
 
-def metrics(run: Path, events=("step", "eval")) -> list[dict]:
-    out = []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        obj = json.loads(line)
-        if obj["event"] in events:
-            out.append({k: v for k, v in obj.items() if k not in TIMING})
-    return out
-
-
 def last_start_step(run: Path) -> int:
     """The step the latest session started from (the metrics writer's "start" event)."""
-    return metrics(run, ("start",))[-1]["step"]
+    return metrics_lines(run, ("start",))[-1]["step"]
 
 
 def adapter(directory: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -112,7 +104,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert sorted(tensors) == sorted(ref_tensors)
     for name in tensors:
         assert tensors[name].dtype == ref_tensors[name].dtype and np.array_equal(tensors[name], ref_tensors[name]), name
-    assert metrics(run) == metrics(reference)
+    assert metrics_lines(run) == metrics_lines(reference)
     summary, ref_summary = (json.loads((r / "summary.json").read_text()) for r in (run, reference))
     assert {k: summary[k] for k in SUMMARY_KEYS} == {k: ref_summary[k] for k in SUMMARY_KEYS}
 
@@ -241,10 +233,10 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, numpy_reference):
     """--resume on a run that already ended: same adapter, same metrics, nothing retrained."""
     run = tmp_path / "again"
     shutil.copytree(numpy_reference, run)
-    before = metrics(run)
+    before = metrics_lines(run)
     proc = loraswitch("train", "--resume", run, "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert metrics(run) == before
+    assert metrics_lines(run) == before
     assert_same_run(run, numpy_reference)
 
 

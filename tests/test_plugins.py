@@ -12,6 +12,7 @@ import pytest
 
 from loraswitch.core import hookimpl
 from loraswitch.core import plugins as P
+from loraswitch.core import rundir
 from loraswitch.core.backend import Backend
 from loraswitch.core.config import Config
 from loraswitch.core.errors import UserError
@@ -172,16 +173,16 @@ def test_metrics_file_handles_numpy_scalars(tmp_path):
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"event": "step", "step": 1, "loss": 0.5, "v": [1.0, None]}
 
 
-def test_truncate_after_drops_later_steps_and_torn_lines(tmp_path):
+def test_truncate_metrics_drops_later_steps_and_torn_lines(tmp_path):
     for step in range(1, 6):
         metrics_file.append(tmp_path, {"event": "step", "step": step, "loss": 1.0 / step})
     metrics_file.append(tmp_path, {"event": "checkpoint", "step": 5, "path": "x"})
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"event": "step", "st')  # what a kill mid-write leaves
-    metrics_file.truncate_after(tmp_path, 3)
+    rundir.truncate_metrics(tmp_path, 3)  # what the engine does on resume
     kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in kept] == [1, 2, 3]
-    metrics_file.truncate_after(tmp_path / "missing-is-fine", 3)
+    rundir.truncate_metrics(tmp_path / "missing-is-fine", 3)
 
 
 # ---------------------------------------------------------------- progress

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
@@ -143,13 +143,26 @@ def test_register_model_sources_lists_builtin_and_shapes(sources_only):
 # ---------------------------------------------------------------- byte tokenizer
 
 
+SPECIAL_STRINGS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_byte_tokenizer_round_trips_any_text(text):
+    # A special token's string inside text becomes that token, as with Hugging Face tokenizers
+    # (next test); any other text is its UTF-8 bytes.
+    assume(not any(special in text for special in SPECIAL_STRINGS))
     tok = _byte_tok()
     ids = tok.encode(text, add_special_tokens=False).ids
     assert ids == list(text.encode("utf-8"))
     assert tok.decode(ids, skip_special_tokens=False) == text
+
+
+def test_byte_tokenizer_reads_special_token_strings_as_special_tokens():
+    tok = _byte_tok()
+    ids = tok.encode("a<|endoftext|>b<|im_end|>", add_special_tokens=False).ids
+    assert ids == [ord("a"), 256, ord("b"), 258]
+    assert tok.decode(ids, skip_special_tokens=False) == "a<|endoftext|>b<|im_end|>"
 
 
 def test_byte_tokenizer_chat_template_and_specials(tmp_path):

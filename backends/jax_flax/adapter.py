@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from loraswitch.core.errors import UserError
+from loraswitch.core.json_file import read_json_object
 
 from .spec import LINEAR_PARENT, LlamaSpec
 from .weights import SafetensorsFiles
@@ -79,16 +80,8 @@ def save_adapter(directory: Path, lora: dict[str, np.ndarray], spec: LlamaSpec, 
 
 
 def read_adapter_config(directory: Path) -> dict[str, Any]:
-    file = directory / CONFIG_FILE
-    if not file.is_file():
-        raise UserError(f"{file}: missing; a PEFT adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{file}: not valid JSON ({e})") from e
-    if not isinstance(config, dict):
-        raise UserError(f"{file}: must be a JSON object")
-    return config
+    return read_json_object(directory / CONFIG_FILE,
+                            if_missing=f"a PEFT adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
 
 
 def adapter_targets(config: dict[str, Any], file: Path) -> list[str]:

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from loraswitch.core.errors import UserError
+from loraswitch.core.json_file import read_json_object
 
 from .trees import named_leaves, replace_leaves
 
@@ -71,12 +72,9 @@ def read_meta(directory: Path) -> dict[str, Any]:
         others = sorted(p.name for p in directory.glob("*optim*")) if directory.is_dir() else []
         hint = f" (found {', '.join(others)}: was it written by another backend? resume with that one)" if others else ""
         raise UserError(f"{file}: missing; the jax backend's optimizer state is not in this checkpoint{hint}")
-    try:
-        meta = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{file}: not valid JSON ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{file}: format is {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r}")
+    meta = read_json_object(file)
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
 
 

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from loraswitch.core.errors import UserError
+from loraswitch.core.json_file import read_json_object
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -61,12 +62,7 @@ def check_adapter_config(directory: Path, lora_r: int, lora_alpha: float, use_rs
     """The adapter's LoRA settings must be the run's: scaling is alpha / r, so a different
     alpha would silently change what the adapter does."""
     path = directory / ADAPTER_CONFIG
-    if not path.is_file():
-        raise UserError(f"{path}: missing; an adapter directory holds {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
+    config = read_json_object(path, if_missing=f"an adapter directory holds {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
     if config.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{path}: peft_type {config.get('peft_type')!r} is not LORA")
     checks = [("r", "lora_r", lora_r), ("lora_alpha", "lora_alpha", lora_alpha),

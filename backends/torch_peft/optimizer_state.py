@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from loraswitch.core.errors import UserError
+from loraswitch.core.json_file import read_json_object
 
 STATE_FORMAT = "loraswitch-adamw/1"
 OPTIMIZER_WEIGHTS = "optimizer.safetensors"
@@ -60,10 +61,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, params: dict[str, tor
     for path in (json_path, weights_path):
         if not path.is_file():
             raise UserError(f"{path}: missing; the checkpoint is incomplete")
-    try:
-        record = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{json_path}: not valid JSON ({e})") from None
+    record = read_json_object(json_path)
     if record.get("format") != STATE_FORMAT:
         raise UserError(f"{json_path}: format {record.get('format')!r} is not {STATE_FORMAT!r}")
     try:

@@ -6,23 +6,18 @@ When ``adapter`` is a run directory, its adapter/ and its config.yaml's model an
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..json_file import read_json_object
 
 
 def adapter_settings(adapter_dir: Path) -> dict[str, Any]:
     """Config keys for the LoRA layers an adapter was trained with."""
     path = adapter_dir / "adapter_config.json"
-    if not path.is_file():
-        raise UserError(f"{path}: missing; --adapter must be a PEFT adapter directory or a run directory")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("r"), int):
+    cfg = read_json_object(path, if_missing="--adapter must be a PEFT adapter directory or a run directory")
+    if not isinstance(cfg.get("r"), int):
         raise UserError(f"{path}: needs an integer 'r' (PEFT adapter_config.json)")
     out: dict[str, Any] = {"lora_r": cfg["r"], "lora_alpha": cfg.get("lora_alpha", cfg["r"]),
                            "use_rslora": bool(cfg.get("use_rslora", False)), "lora_dropout": 0.0}

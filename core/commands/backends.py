@@ -2,27 +2,26 @@
 (if not, the exact install command)."""
 from __future__ import annotations
 
+from ._listing import add_json_flag, print_rows
+
 HELP = "list backends and whether their framework is installed"
+add_arguments = add_json_flag  # --json is its only option
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+def _text(row) -> str:
+    status = ("available" if row["available"] else
+              f"unavailable: needs {', '.join(row['missing'])}; install with: {row['install']}")
+    line = f"{row['name']:<10} plugin {row['plugin']}  {status}"
+    return line + (f"\n{'':<10} {row['description']}" if row["description"] else "")
 
 
 def run(args) -> int:
-    import json
-
     from ..plugins import get_backends
 
+    rows = []
     for name, info in sorted(get_backends().items()):
         missing = info.missing
-        row = {"name": name, "plugin": info.plugin, "available": not missing, "description": info.description,
-               "missing": missing, "install": info.install_hint if missing else None}
-        if args.json:
-            print(json.dumps(row))
-        else:
-            status = "available" if not missing else f"unavailable: needs {', '.join(missing)}; install with: {info.install_hint}"
-            print(f"{name:<10} plugin {info.plugin}  {status}")
-            if info.description:
-                print(f"{'':<10} {info.description}")
+        rows.append({"name": name, "plugin": info.plugin, "available": not missing, "description": info.description,
+                     "missing": missing, "install": info.install_hint if missing else None})
+    print_rows(rows, args.json, _text)
     return 0

@@ -2,16 +2,13 @@
 cached. Any local Hugging Face directory works too: `--model path/to/dir`."""
 from __future__ import annotations
 
+from ._listing import add_json_flag, print_rows
+
 HELP = "list built-in and random model sources and their cache paths"
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+add_arguments = add_json_flag  # --json is its only option
 
 
 def run(args) -> int:
-    import json
-
     from ..plugins import call_hook
 
     rows = []
@@ -21,10 +18,6 @@ def run(args) -> int:
                      "cached_path": str(cached_path) if cached_path is not None else None})
 
     call_hook("register_model_sources", register=register)
-    for row in rows:
-        if args.json:
-            print(json.dumps(row))
-        else:
-            where = row["cached_path"] or "not cached yet (built on first use)"
-            print(f"{row['name']:<24} {row['description']}\n{'':<24} {where}")
+    print_rows(rows, args.json, lambda row: f"{row['name']:<24} {row['description']}\n"
+                                            f"{'':<24} {row['cached_path'] or 'not cached yet (built on first use)'}")
     return 0

@@ -5,18 +5,11 @@
 #   bash docs/bench/h200.sh smoke OUT_DIR   # tiny on the GPU + one llama-1b step per system
 #   bash docs/bench/h200.sh full  OUT_DIR   # llama-1b and llama-3b, hf-reference + torch + jax
 #
-# `import loraswitch.core` works through a temporary folder holding loraswitch/{core,backends,plugins}
-# as links into this checkout (loraswitch is a namespace package, so no __init__ is needed).
+# `import loraswitch.core` works through the shim that _env.sh sets up.
 set -uo pipefail
 mode=${1:-full}
 out=${2:-bench-results/h200}
-repo=$(cd "$(dirname "$0")/../.." && pwd)
-shim=$(mktemp -d)
-mkdir -p "$shim/loraswitch" "$out"
-for d in core backends plugins; do ln -s "$repo/$d" "$shim/loraswitch/$d"; done
-export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export LORASWITCH_CACHE=${LORASWITCH_CACHE:-/tmp/loraswitch-cache}
-py=${PYTHON:-python3}
+source "$(dirname "$0")/_env.sh"  # the PYTHONPATH shim, LORASWITCH_CACHE, $py
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 $py - <<'PY'

@@ -1,17 +1,11 @@
 #!/usr/bin/env bash
 # Diagnostic variants on llama-1b (see docs/bench/NOTES.md): what dropout, rematerialisation,
-# the dropout PRNG, the loss chunk and a larger micro-batch change. Same shim as h200.sh.
+# the dropout PRNG, the loss chunk and a larger micro-batch change. Same shim (_env.sh) as h200.sh.
 #
 #   bash docs/bench/h200_ideas.sh OUT_DIR
 set -uo pipefail
 out=${1:-bench-results/ideas}
-repo=$(cd "$(dirname "$0")/../.." && pwd)
-shim=$(mktemp -d)
-mkdir -p "$shim/loraswitch" "$out"
-for d in core backends plugins; do ln -s "$repo/$d" "$shim/loraswitch/$d"; done
-export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export LORASWITCH_CACHE=${LORASWITCH_CACHE:-/tmp/loraswitch-cache}
-py=${PYTHON:-python3}
+source "$(dirname "$0")/_env.sh"  # the PYTHONPATH shim, LORASWITCH_CACHE, $py
 
 bench() {  # bench NAME ARGS...
     local name=$1; shift
@@ -28,9 +22,4 @@ LORASWITCH_JAX_LOSS_CHUNK=8192 bench jax-chunk-8192 --systems jax
 bench jax-b8-a2 --systems jax,torch --batch_size 8 --accumulation_steps 2
 
 # one JSON with every variant's report, for docs/bench/
-$py - "$out" <<'PY'
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-reports = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/results.json"))}
-(out / "ideas.json").write_text(json.dumps(reports, indent=1) + "\n")
-PY
+merge_reports ideas.json

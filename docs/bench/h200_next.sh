@@ -6,13 +6,7 @@
 #   bash docs/bench/h200_next.sh OUT_DIR
 set -uo pipefail
 out=${1:-bench-results/next}
-repo=$(cd "$(dirname "$0")/../.." && pwd)
-shim=$(mktemp -d)
-mkdir -p "$shim/loraswitch" "$out"
-for d in core backends plugins; do ln -s "$repo/$d" "$shim/loraswitch/$d"; done
-export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export LORASWITCH_CACHE=${LORASWITCH_CACHE:-/tmp/loraswitch-cache}
-py=${PYTHON:-python3}
+source "$(dirname "$0")/_env.sh"  # the PYTHONPATH shim, LORASWITCH_CACHE, $py
 
 bench() {  # bench NAME ARGS...
     local name=$1; shift
@@ -27,9 +21,4 @@ LORASWITCH_JAX_FUSE=off bench jax-unfused --systems jax                 # what t
 XLA_FLAGS=--xla_gpu_enable_triton_gemm=false bench jax-no-triton-gemm --systems jax
 LORASWITCH_TORCH_ATTENTION=flash bench torch-flash --systems torch      # what cuDNN attention gave
 
-$py - "$out" <<'PY'
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-reports = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/results.json"))}
-(out / "next.json").write_text(json.dumps(reports, indent=1) + "\n")
-PY
+merge_reports next.json

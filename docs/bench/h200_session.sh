@@ -20,14 +20,8 @@ hard=${3:-550}
 s1=${S1:-llama-1b} s3=${S3:-llama-3b}
 read -r -a extra <<< "${EXTRA:-}"
 start=$SECONDS
-repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
-shim=$(mktemp -d)
-mkdir -p "$shim/loraswitch" "$out"
-for d in core backends plugins; do ln -s "$repo/$d" "$shim/loraswitch/$d"; done
-export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export LORASWITCH_CACHE=${LORASWITCH_CACHE:-/tmp/loraswitch-cache}
-py=${PYTHON:-python3}
+source "$(dirname "$0")/_env.sh"  # the PYTHONPATH shim, LORASWITCH_CACHE, $py
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   $py - <<'PY'

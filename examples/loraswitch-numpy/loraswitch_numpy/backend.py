@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from loraswitch.core.errors import UserError
+from loraswitch.core.json_file import read_json_object
 
 from . import files
 from .adamw import AdamW, clip_grad_norm
@@ -178,7 +179,7 @@ class NumpyBackend:
         opt = self._optimizer("load_state")
         directory = Path(directory)
         meta_path, tensor_path = directory / files.STATE_JSON, directory / files.STATE_TENSORS
-        meta = files.read_json(meta_path)
+        meta = read_json_object(meta_path)
         if meta.get("format") != files.STATE_FORMAT:
             raise UserError(f"{meta_path}: format {meta.get('format')!r} is not {files.STATE_FORMAT!r}; "
                             "this checkpoint was not written by the numpy backend")

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from loraswitch.core.errors import UserError
+from loraswitch.core.json_file import read_json_object
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -29,7 +30,7 @@ def write_adapter(directory: Path, a: np.ndarray, b: np.ndarray, config: dict[st
 
 def read_adapter(directory: Path, dim: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """LoRA A, B and adapter_config.json; shapes are checked against the model's width ``dim``."""
-    config = read_json(directory / ADAPTER_CONFIG)
+    config = read_json_object(directory / ADAPTER_CONFIG)
     for key in ("r", "lora_alpha"):
         if not isinstance(config.get(key), (int, float)) or config[key] <= 0:
             raise UserError(f"{directory / ADAPTER_CONFIG}: {key!r} must be a positive number")
@@ -38,18 +39,6 @@ def read_adapter(directory: Path, dim: int) -> tuple[np.ndarray, np.ndarray, dic
     expect = {KEY_A: (r, dim), KEY_B: (dim, r)}
     check_tensors(directory / ADAPTER_WEIGHTS, tensors, expect)
     return tensors[KEY_A], tensors[KEY_B], config
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    try:
-        value = json.loads(path.read_text())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return value
 
 
 def read_tensors(path: Path) -> dict[str, np.ndarray]:
