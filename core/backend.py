@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .batch import Batch, MicroStep
-    from .config import Config
-    from .model_source import ModelSource
+    from loraswitch.core.types import Batch, MicroStep
+    from loraswitch.core.config import Config
+    from loraswitch.core.types import ModelSource
 
 
 class LossValue(Protocol):

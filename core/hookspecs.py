@@ -13,8 +13,8 @@ import pluggy
 if TYPE_CHECKING:  # types only: this module must import nothing heavy
     from pathlib import Path
 
-    from .model_source import ModelSource
-    from .run import RunContext
+    from loraswitch.core.types import ModelSource
+    from loraswitch.core.types import RunContext
 
 hookspec = pluggy.HookspecMarker("loraswitch")
 

@@ -15,11 +15,11 @@ from typing import Any, Callable
 
 import pluggy
 
-from . import hookspecs
-from .errors import UserError
+from loraswitch.core import hookspecs
+from loraswitch.core.errors import UserError
 
 DEFAULT_PLUGINS = (
-    "loraswitch.core.sources",
+    "loraswitch.core.models.sources",
     "loraswitch.backends.torch_peft",
     "loraswitch.backends.jax_flax",
     "loraswitch.plugins.metrics_file",

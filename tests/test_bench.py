@@ -15,7 +15,7 @@ from loraswitch.core import cli
 from loraswitch.core.bench import protocol, report, runner
 from loraswitch.core.bench.protocol import HF_REFERENCE, BenchSettings, make_settings
 from loraswitch.core.errors import UserError
-from loraswitch.core.shapes import shape_config
+from loraswitch.core.models.shapes import shape_config
 
 # ---------------------------------------------------------------- protocol
 

@@ -9,14 +9,14 @@ import pytest
 from chatml_tokenizer import write_model_dir
 
 from loraswitch.core.config import Config
-from loraswitch.core.dataset import load_datasets, split_indices
+from loraswitch.core.data.dataset import load_datasets, split_indices
 from loraswitch.core.errors import UserError
-from loraswitch.core.jsonl import MAX_LINE_BYTES, read_jsonl
+from loraswitch.core.data.jsonl import MAX_LINE_BYTES, read_jsonl
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from loraswitch.core.tokenizer import ChatTokenizer
+    from loraswitch.core.data.chat_tokenizer import ChatTokenizer
     return ChatTokenizer.from_dir(write_model_dir(tmp_path_factory.mktemp("model")))
 
 

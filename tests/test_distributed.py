@@ -1,4 +1,4 @@
-"""core.distributed and the engine's multi-process rules, framework-free: the numpy backend with a
+"""core.training.parallel and the engine's multi-process rules, framework-free: the numpy backend with a
 stand-in communicator plays one process of a larger run. (The real thing, torch on 2 processes:
 tests/test_distributed_torch.py.)"""
 from __future__ import annotations
@@ -9,10 +9,12 @@ import os
 import numpy as np
 import pytest
 
-from loraswitch.core import distributed, hookimpl
-from loraswitch.core.batch import IGNORE_INDEX, Batch
+from loraswitch.core import hookimpl
+
+from loraswitch.core.training import parallel
+from loraswitch.core.types import IGNORE_INDEX, Batch
 from loraswitch.core.config import resolve
-from loraswitch.core.engine import train
+from loraswitch.core.training.engine import train
 from loraswitch.core.errors import UserError
 from loraswitch.core.plugins import get_plugin_manager, reset_plugin_manager
 
@@ -24,27 +26,27 @@ def batch(rows: int, length: int = 5) -> Batch:
 
 def test_shard_rows_gives_contiguous_blocks_that_cover_the_batch():
     b = batch(8)
-    shards = [distributed.shard_rows(b, r, 4) for r in range(4)]
+    shards = [parallel.shard_rows(b, r, 4) for r in range(4)]
     assert [s.input_ids.shape for s in shards] == [(2, 5)] * 4
     np.testing.assert_array_equal(np.concatenate([s.input_ids for s in shards]), b.input_ids)
     np.testing.assert_array_equal(np.concatenate([s.labels for s in shards]), b.labels)
     assert sum(s.n_targets for s in shards) == b.n_targets
-    assert distributed.shard_rows(b, 0, 1) is b
+    assert parallel.shard_rows(b, 0, 1) is b
     with pytest.raises(ValueError):
-        distributed.shard_rows(batch(6), 0, 4)
+        parallel.shard_rows(batch(6), 0, 4)
 
 
 def test_batch_size_must_divide_by_the_data_parallel_size():
-    distributed.check_divisible(8, 4)
-    distributed.check_divisible(3, 1)
+    parallel.check_divisible(8, 4)
+    parallel.check_divisible(3, 1)
     with pytest.raises(UserError, match=r"^batch_size: 6 does not divide by the data-parallel size 4; .*multiple of 4$"):
-        distributed.check_divisible(6, 4)
+        parallel.check_divisible(6, 4)
 
 
 @pytest.mark.parametrize("mesh, n, expected", [(None, 4, (4, 1)), ({"fsdp": 4}, 4, (1, 4)),
                                                ({"data": 2, "fsdp": 2}, 4, (2, 2)), ({"data": 1}, 1, (1, 1))])
 def test_mesh_sizes(mesh, n, expected):
-    assert distributed.mesh_sizes(mesh, n) == expected
+    assert parallel.mesh_sizes(mesh, n) == expected
 
 
 @pytest.mark.parametrize("mesh, message", [
@@ -54,20 +56,20 @@ def test_mesh_sizes(mesh, n, expected):
 ])
 def test_bad_mesh_is_one_line(mesh, message):
     with pytest.raises(UserError, match=message):
-        distributed.mesh_sizes(mesh, 2)
+        parallel.mesh_sizes(mesh, 2)
 
 
 def test_is_main_process_reads_the_active_communicator_then_rank(monkeypatch):
     monkeypatch.setenv("RANK", "3")
-    distributed.activate(None)
-    assert not distributed.is_main_process()
-    distributed.activate(FakeCommunicator(rank=0, world_size=2))
+    parallel.activate(None)
+    assert not parallel.is_main_process()
+    parallel.activate(FakeCommunicator(rank=0, world_size=2))
     try:
-        assert distributed.is_main_process()
+        assert parallel.is_main_process()
     finally:
-        distributed.activate(None)
+        parallel.activate(None)
     monkeypatch.delenv("RANK")
-    assert distributed.is_main_process()
+    assert parallel.is_main_process()
 
 
 # ---------------------------------------------------------------- the engine as one of several processes
@@ -132,7 +134,7 @@ def plugins(tmp_path_factory, monkeypatch):
     reset_plugin_manager()
     yield get_plugin_manager()
     reset_plugin_manager()
-    distributed.activate(None)
+    parallel.activate(None)
 
 
 def run_as(plugins, tmp_path, comm: FakeCommunicator, **kw):

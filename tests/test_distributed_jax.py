@@ -24,7 +24,7 @@ pytest.importorskip("flax")
 pytest.importorskip("optax")
 
 from loraswitch.core.config import resolve  # noqa: E402
-from loraswitch.core.engine import resume_config, train  # noqa: E402
+from loraswitch.core.training.engine import resume_config, train  # noqa: E402
 from loraswitch.core.errors import UserError  # noqa: E402
 
 from distributed_runs import N_STEPS, assert_same_adapter, assert_same_losses, losses, write_setup  # noqa: E402
@@ -153,7 +153,7 @@ def test_batch_size_must_divide_by_the_devices(launched):
 def test_mesh_must_match_the_devices(setup):
     """Here jax has one device: a 2 x 2 mesh is a one-line error naming mesh."""
     from loraswitch.backends.jax_flax.backend import JaxBackend
-    from loraswitch.core.model_source import ModelSource
+    from loraswitch.core.types import ModelSource
 
     config = resolve(str(setup / "config.yaml"), {"mesh": {"data": 2, "fsdp": 2}}, environ={})
     with pytest.raises(UserError, match=r"^mesh: \{data: 2, fsdp: 2\} spans 4 devices but this run has 1; "

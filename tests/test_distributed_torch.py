@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from loraswitch.core.config import resolve  # noqa: E402
-from loraswitch.core.engine import resume_config, train  # noqa: E402
+from loraswitch.core.training.engine import resume_config, train  # noqa: E402
 from loraswitch.core.errors import UserError  # noqa: E402
 
 from distributed_runs import N_STEPS, assert_same_adapter, assert_same_losses, losses, write_setup  # noqa: E402
@@ -97,7 +97,7 @@ def test_fsdp_checkpoint_resumes_on_one_process(setup, reference, tmp_path):
 def test_batch_size_must_divide_by_the_processes(setup, tmp_path, monkeypatch):
     """Checked before the model loads or the process group starts."""
     from loraswitch.backends.torch_peft.backend import TorchBackend
-    from loraswitch.core.model_source import ModelSource
+    from loraswitch.core.types import ModelSource
 
     for key, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(key, value)
@@ -110,7 +110,7 @@ def test_batch_size_must_divide_by_the_processes(setup, tmp_path, monkeypatch):
 def test_mesh_must_match_the_processes(setup):
     """mesh on one process: torch needs torchrun for more than one."""
     from loraswitch.backends.torch_peft.backend import TorchBackend
-    from loraswitch.core.model_source import ModelSource
+    from loraswitch.core.types import ModelSource
 
     config = resolve(str(setup / "config.yaml"), {"mesh": {"fsdp": 2}}, environ={})
     with pytest.raises(UserError, match=r"^mesh: \{fsdp: 2\} spans 2 processes but this run has 1; .*torchrun --nproc_per_node N"):

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loraswitch.core import hookimpl, rundir
+from loraswitch.core import hookimpl
+
+from loraswitch.core.rundir import checkpoints, layout
 from loraswitch.core.config import resolve
-from loraswitch.core.engine import resume_config, train
+from loraswitch.core.training.engine import resume_config, train
 from loraswitch.core.errors import UserError
-from loraswitch.core.schedule import plan_epoch
+from loraswitch.core.training.schedule import plan_epoch
 from loraswitch.core.plugins import get_plugin_manager
 
 from run_metrics import metrics_lines
@@ -143,7 +145,7 @@ def test_n_steps_run_directory(tmp_path, data):
         assert summary[key] is not None, key
     assert set(summary["timings"]) == {"setup_s", "train_s", "total_s", "tokens_per_s"}
     # checkpoints at 8 (save_every 4) and 10 (the end); step 4 pruned (keep 2)
-    assert [s for s, _ in rundir.complete_checkpoints(run)] == [8, 10]
+    assert [s for s, _ in checkpoints.complete_checkpoints(run)] == [8, 10]
     assert adapter_bytes(run) == {p.name: p.read_bytes() for p in (run / "checkpoints/step-000010/adapter").iterdir()}
     assert (run / "adapter" / "adapter_config.json").exists() and (run / "adapter" / "adapter_model.safetensors").exists()
     steps = [m for m in metrics_lines(run) if m["event"] == "step"]
@@ -151,7 +153,7 @@ def test_n_steps_run_directory(tmp_path, data):
     assert all(set(m) >= {"epoch", "loss", "lr", "tokens"} for m in steps)
     assert [m["step"] for m in metrics_lines(run, ("eval",))] == [3, 6, 9, 10]
     assert steps[-1]["loss"] < steps[0]["loss"]
-    saved = rundir.read_run_config(run)
+    saved = layout.read_run_config(run)
     assert saved["lora_r"] == 4 and Path(saved["data"]).is_absolute()
 
 
@@ -164,7 +166,7 @@ def test_n_epochs(tmp_path, data):
 def test_stop_eval_loss(tmp_path, data):
     summary = train(make_config(tmp_path, data, stop_eval_loss=1e6, n_steps=50), quiet=True)
     assert summary["stop_reason"] == "stop_eval_loss" and summary["steps"] == 3  # the first eval
-    assert rundir.latest_complete_checkpoint(tmp_path / "run").name == "step-000003"
+    assert checkpoints.latest_complete_checkpoint(tmp_path / "run").name == "step-000003"
 
 
 def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path, data, monkeypatch):
@@ -173,7 +175,7 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tmp_path, data, monkeypatch)
     run = tmp_path / "run"
     assert summary["stop_reason"] == "non_finite_loss"
     assert summary["steps"] == 5 and summary["non_finite_step"] == 6 and summary["adapter_step"] == 4
-    assert [s for s, _ in rundir.complete_checkpoints(run)] == [2, 4]
+    assert [s for s, _ in checkpoints.complete_checkpoints(run)] == [2, 4]
     assert adapter_bytes(run) == {p.name: p.read_bytes() for p in (run / "checkpoints/step-000004/adapter").iterdir()}
     assert max(m["step"] for m in metrics_lines(run)) == 5  # the bad step wrote no metrics
 
@@ -188,7 +190,7 @@ def test_interrupt_checkpoints_the_last_step_and_resume_matches(tmp_path, data):
     part = train(make_config(tmp_path, data, "part", **kw), quiet=True)
     run = tmp_path / "part"
     assert part["stop_reason"] == "interrupted" and part["signal"] == "SIGINT" and part["steps"] == 7
-    assert rundir.latest_complete_checkpoint(run).name == "step-000007"
+    assert checkpoints.latest_complete_checkpoint(run).name == "step-000007"
     get_plugin_manager().unregister(name="ctrl-c")
 
     resumed = train(resume_config(run), resume=True, quiet=True)
@@ -238,7 +240,7 @@ def test_crash_then_resume_ignores_partial_checkpoints(tmp_path, data):
     (run / "checkpoints" / "step-000011" / "trainer_state.json").unlink()
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"event": "step", "st')
-    assert rundir.latest_complete_checkpoint(run).name == "step-000008"
+    assert checkpoints.latest_complete_checkpoint(run).name == "step-000008"
 
     resumed = train(resume_config(run), resume=True, quiet=True)
     assert resumed["steps"] == 13
@@ -267,7 +269,7 @@ def test_existing_run_is_never_overwritten_without_a_flag(tmp_path, data):
         train(config, quiet=True)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     summary = train(make_config(tmp_path, data, n_steps=3, save_every=1), overwrite=True, quiet=True)
-    assert summary["steps"] == 3 and [s for s, _ in rundir.complete_checkpoints(run)] == [2, 3]
+    assert summary["steps"] == 3 and [s for s, _ in checkpoints.complete_checkpoints(run)] == [2, 3]
 
 
 def test_bad_data_leaves_the_old_run_untouched(tmp_path, data):

@@ -65,8 +65,8 @@ def _residuals_and_grads(tmp_path, monkeypatch, remat):
 
     from loraswitch.backends.jax_flax.backend import JaxBackend
     from loraswitch.core.config import Config
-    from loraswitch.core.model_source import ModelSource
-    from loraswitch.core.random_model import write_random_model
+    from loraswitch.core.types import ModelSource
+    from loraswitch.core.models.random_model import write_random_model
 
     monkeypatch.setenv("LORASWITCH_JAX_REMAT", remat)
     directory = tmp_path / "tiny"

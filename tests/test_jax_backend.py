@@ -29,13 +29,13 @@ from loraswitch.backends.jax_flax.model import chunked_cross_entropy_sum  # noqa
 from loraswitch.backends.jax_flax.rope import inv_frequencies  # noqa: E402
 from loraswitch.backends.jax_flax.spec import RopeSpec, spec_from_config  # noqa: E402
 from loraswitch.backends.jax_flax.trees import named_leaves  # noqa: E402
-from loraswitch.core.batch import Batch, MicroStep, TokenizedExample  # noqa: E402
-from loraswitch.core.batching import collate  # noqa: E402
+from loraswitch.core.types import Batch, MicroStep, TokenizedExample  # noqa: E402
+from loraswitch.core.data.batching import collate  # noqa: E402
 from loraswitch.core.config import Config  # noqa: E402
 from loraswitch.core.errors import UserError  # noqa: E402
-from loraswitch.core.model_source import ModelSource  # noqa: E402
-from loraswitch.core.random_model import write_random_model  # noqa: E402
-from loraswitch.core.shapes import shape_config  # noqa: E402
+from loraswitch.core.types import ModelSource  # noqa: E402
+from loraswitch.core.models.random_model import write_random_model  # noqa: E402
+from loraswitch.core.models.shapes import shape_config  # noqa: E402
 
 RANK, ALPHA, T = 4, 8.0, 32  # T = 32: the padded length of the engine test's batches too
 
@@ -374,7 +374,7 @@ def test_engine_stop_reasons_and_resume(tmp_path, monkeypatch):
 
     from loraswitch.core import hookimpl
     from loraswitch.core.config import resolve
-    from loraswitch.core.engine import resume_config, train
+    from loraswitch.core.training.engine import resume_config, train
     from loraswitch.core.plugins import get_plugin_manager, reset_plugin_manager
 
     for key in [k for k in os.environ if k.startswith("LORASWITCH_")]:

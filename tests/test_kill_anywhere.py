@@ -1,6 +1,6 @@
 """Kill anywhere, resume, end where an uninterrupted run ends.
 
-Each test starts real `loraswitch train` processes. LORASWITCH_TEST_KILL_AT (core/kill_points.py)
+Each test starts real `loraswitch train` processes. LORASWITCH_TEST_KILL_AT (core/training/kill_points.py)
 makes a process SIGKILL itself at a named instant -- between two micro-steps of a window, after
 an update but before its metrics line, between eval batches, between two files of a
 checkpoint, while the final adapter is swapped in -- so every run of the suite kills at the same
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loraswitch.core import rundir
+from loraswitch.core.rundir import checkpoints
 
 from run_metrics import metrics_lines
 
@@ -115,20 +115,20 @@ def check_after_kill(run: Path, proc: subprocess.CompletedProcess, expect_latest
     one is ``expect_latest``; no summary claims the run ended."""
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not (run / "summary.json").exists()
-    complete = rundir.complete_checkpoints(run)
+    complete = checkpoints.complete_checkpoints(run)
     for step, path in complete:
-        state = rundir.verify_checkpoint(path)
+        state = checkpoints.verify_checkpoint(path)
         assert state["step"] == step
         if load is not None:
             load(run, path)
-    latest = rundir.latest_complete_checkpoint(run)
-    assert (rundir.read_trainer_state(latest)["step"] if latest else None) == expect_latest
+    latest = checkpoints.latest_complete_checkpoint(run)
+    assert (checkpoints.read_trainer_state(latest)["step"] if latest else None) == expect_latest
 
 
 def load_numpy_checkpoint(run: Path, checkpoint: Path) -> None:
     """Load a checkpoint as --resume would: adapter and optimizer state into a numpy backend."""
-    from loraswitch.core.engine import resume_config
-    from loraswitch.core.sources import resolve_model
+    from loraswitch.core.training.engine import resume_config
+    from loraswitch.core.models.sources import resolve_model
     from loraswitch_numpy.backend import NumpyBackend
 
     config = resume_config(run, quiet=True)
@@ -250,8 +250,8 @@ def test_non_finite_loss_keeps_a_resumable_checkpoint(tmp_path, numpy_reference)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "non-finite" in proc.stderr, proc.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["stop_reason"], summary["steps"], summary["adapter_step"]) == ("non_finite_loss", 5, 4)
-    latest = rundir.latest_complete_checkpoint(run)
-    assert rundir.verify_checkpoint(latest)["step"] == 4
+    latest = checkpoints.latest_complete_checkpoint(run)
+    assert checkpoints.verify_checkpoint(latest)["step"] == 4
     load_numpy_checkpoint(run, latest)
     assert adapter(run / "adapter")[1] == adapter(latest / "adapter")[1]
     assert {k: v.tobytes() for k, v in adapter(run / "adapter")[0].items()} == \
@@ -290,7 +290,7 @@ def test_framework_killed_stopped_killed_then_resumed_matches_uninterrupted(back
     assert "Traceback" not in proc.stderr and f"loraswitch train --resume {run}" in proc.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["stop_reason"], summary["steps"], summary["signal"]) == ("interrupted", 3, clean_signal)
-    assert rundir.read_trainer_state(rundir.latest_complete_checkpoint(run))["step"] == 3
+    assert checkpoints.read_trainer_state(checkpoints.latest_complete_checkpoint(run))["step"] == 3
     assert last_start_step(run) == 2
 
     # 3. SIGKILL mid-step: half of step 5's gradients accumulated (4 is the latest checkpoint)

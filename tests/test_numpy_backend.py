@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from loraswitch.core.backend import Backend
-from loraswitch.core.batch import IGNORE_INDEX, Batch, MicroStep
+from loraswitch.core.types import IGNORE_INDEX, Batch, MicroStep
 from loraswitch.core.config import Config
 from loraswitch.core.errors import UserError
-from loraswitch.core.model_source import ModelSource
+from loraswitch.core.types import ModelSource
 
 numpy_backend = pytest.importorskip("loraswitch_numpy.backend", reason="pip install -e examples/loraswitch-numpy")
 from loraswitch_numpy import model as M  # noqa: E402

@@ -50,7 +50,7 @@ def test_wheel_lays_out_the_namespace(wheel):
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         entry_points = z.read(f"{dist_info}/entry_points.txt").decode()
         metadata = z.read(f"{dist_info}/METADATA").decode()
-    for must in ("loraswitch/core/__init__.py", "loraswitch/core/hookspecs.py", "loraswitch/core/cli.py",
+    for must in ("loraswitch/core/__init__.py", "loraswitch/core/hookspecs.py", "loraswitch/core/cli/app.py",
                  "loraswitch/backends/torch_peft/__init__.py", "loraswitch/plugins/metrics_file.py",
                  "loraswitch/plugins/progress.py", "loraswitch/plugins/loss_plot.py"):
         assert must in names, must

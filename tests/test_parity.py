@@ -26,13 +26,13 @@ from safetensors.numpy import load_file  # noqa: E402
 from loraswitch.backends.jax_flax import adapter as peft_format  # noqa: E402
 from loraswitch.backends.jax_flax.backend import JaxBackend  # noqa: E402
 from loraswitch.backends.torch_peft.backend import TorchBackend  # noqa: E402
-from loraswitch.core.batch import Batch, MicroStep, TokenizedExample  # noqa: E402
-from loraswitch.core.batching import collate, epoch_order  # noqa: E402
+from loraswitch.core.types import Batch, MicroStep, TokenizedExample  # noqa: E402
+from loraswitch.core.data.batching import collate, epoch_order  # noqa: E402
 from loraswitch.core.config import Config  # noqa: E402
-from loraswitch.core.model_source import ModelSource  # noqa: E402
-from loraswitch.core.random_model import write_random_model  # noqa: E402
-from loraswitch.core.schedule import plan_epoch  # noqa: E402
-from loraswitch.core.shapes import shape_config  # noqa: E402
+from loraswitch.core.types import ModelSource  # noqa: E402
+from loraswitch.core.models.random_model import write_random_model  # noqa: E402
+from loraswitch.core.training.schedule import plan_epoch  # noqa: E402
+from loraswitch.core.models.shapes import shape_config  # noqa: E402
 
 RANK, ALPHA = 4, 8.0
 PAD_ID = 0

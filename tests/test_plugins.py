@@ -12,11 +12,11 @@ import pytest
 
 from loraswitch.core import hookimpl
 from loraswitch.core import plugins as P
-from loraswitch.core import rundir
+from loraswitch.core.rundir import layout
 from loraswitch.core.backend import Backend
 from loraswitch.core.config import Config
 from loraswitch.core.errors import UserError
-from loraswitch.core.run import RunContext
+from loraswitch.core.types import RunContext
 from loraswitch.plugins import loss_plot, metrics_file
 
 HAS_NUMPY_PLUGIN = any(ep.name == "numpy" for ep in __import__("importlib.metadata").metadata.entry_points(group="loraswitch"))
@@ -82,7 +82,7 @@ def test_core_imports_no_framework():
     """Every core module, the plugin loader and the backend registry stay free of torch/jax/flax."""
     code = textwrap.dedent("""
         import importlib, pkgutil, sys
-        import loraswitch.core as core
+        from loraswitch import core
         for m in pkgutil.walk_packages(core.__path__, "loraswitch.core."):
             importlib.import_module(m.name)
         from loraswitch.core import plugins
@@ -179,10 +179,10 @@ def test_truncate_metrics_drops_later_steps_and_torn_lines(tmp_path):
     metrics_file.append(tmp_path, {"event": "checkpoint", "step": 5, "path": "x"})
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"event": "step", "st')  # what a kill mid-write leaves
-    rundir.truncate_metrics(tmp_path, 3)  # what the engine does on resume
+    layout.truncate_metrics(tmp_path, 3)  # what the engine does on resume
     kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in kept] == [1, 2, 3]
-    rundir.truncate_metrics(tmp_path / "missing-is-fine", 3)
+    layout.truncate_metrics(tmp_path / "missing-is-fine", 3)
 
 
 # ---------------------------------------------------------------- progress

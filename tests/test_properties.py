@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loraswitch.core.batching import epoch_order
+from loraswitch.core.data.batching import epoch_order
 from loraswitch.core.config import resolve
-from loraswitch.core.dataset import load_datasets, split_indices
-from loraswitch.core.engine import TrainerState, _limit_reached
-from loraswitch.core.schedule import micro_batches, plan_epoch, steps_per_epoch, total_steps
+from loraswitch.core.data.dataset import load_datasets, split_indices
+from loraswitch.core.training.engine import TrainerState, _limit_reached
+from loraswitch.core.training.schedule import micro_batches, plan_epoch, steps_per_epoch, total_steps
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -63,8 +63,8 @@ def tokenizer(tmp_path_factory, monkeypatch):
         monkeypatch.delenv(key)
     monkeypatch.setenv("LORASWITCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     from loraswitch.core.plugins import reset_plugin_manager
-    from loraswitch.core.sources import resolve_model
-    from loraswitch.core.tokenizer import ChatTokenizer
+    from loraswitch.core.models.sources import resolve_model
+    from loraswitch.core.data.chat_tokenizer import ChatTokenizer
 
     reset_plugin_manager()
     yield ChatTokenizer.from_dir(resolve_model("random:tiny").path)

@@ -34,8 +34,8 @@ def test_quickstart_writes_a_run_whose_adapter_loads_in_peft(quickstart_run, smo
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from loraswitch.core.batch import Batch
-    from loraswitch.core.commands._inference import load_for_inference
+    from loraswitch.core.types import Batch
+    from loraswitch.core.cli.commands._inference import load_for_inference
 
     result = json.loads((quickstart_run / "quickstart.json").read_text())
     assert result["backend"] == "torch" and result["train_steps"] == 2

@@ -160,7 +160,7 @@ def test_a_run_directory_holds_only_data_formats(tmp_path, monkeypatch):
     from safetensors import safe_open
 
     from loraswitch.core.config import resolve
-    from loraswitch.core.engine import train
+    from loraswitch.core.training.engine import train
     from loraswitch.core.plugins import reset_plugin_manager
 
     for key in [k for k in os.environ if k.startswith("LORASWITCH_")]:

@@ -1,4 +1,4 @@
-"""Accumulation windows and the learning-rate shape (core/schedule.py)."""
+"""Accumulation windows and the learning-rate shape (core/training/schedule.py)."""
 import math
 
 import pytest
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loraswitch.core.config import Config
-from loraswitch.core.schedule import lr_at, lr_shape, micro_batches, plan_epoch, steps_per_epoch, total_steps
+from loraswitch.core.training.schedule import lr_at, lr_shape, micro_batches, plan_epoch, steps_per_epoch, total_steps
 
 
 def test_short_last_micro_batch_and_window():

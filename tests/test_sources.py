@@ -15,17 +15,18 @@ from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
 
 from gguf_writer import F32, Q4_1, Q8_0, write_gguf
-from loraswitch.core import cache, plugins
-from loraswitch.core.builtin import find_packaged_gguf
-from loraswitch.core.byte_tokenizer import CHATML_TEMPLATE, build_byte_tokenizer
+from loraswitch.core import plugins
+from loraswitch.core.models import cache
+from loraswitch.core.models.builtin import find_packaged_gguf
+from loraswitch.core.models.byte_tokenizer import CHATML_TEMPLATE, build_byte_tokenizer
 from loraswitch.core.errors import UserError
-from loraswitch.core.evaluation import answers_match
-from loraswitch.core.gguf import GGUFFile
-from loraswitch.core.gguf_convert import convert_gguf_to_hf
-from loraswitch.core.model_dir import validate_model_dir
-from loraswitch.core.random_model import random_weights, write_random_model
-from loraswitch.core.shapes import SHAPES, count_params, shape_config, tensor_shapes
-from loraswitch.core.sources import resolve_model
+from loraswitch.core.training.evaluation import answers_match
+from loraswitch.core.models.gguf.reader import GGUFFile
+from loraswitch.core.models.gguf.convert import convert_gguf_to_hf
+from loraswitch.core.models.model_dir import validate_model_dir
+from loraswitch.core.models.random_model import random_weights, write_random_model
+from loraswitch.core.models.shapes import SHAPES, count_params, shape_config, tensor_shapes
+from loraswitch.core.models.sources import resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def sources_only(monkeypatch, tmp_path):
     """A plugin manager with only the built-in sources plugin and an empty cache in tmp_path."""
-    monkeypatch.setattr(plugins, "DEFAULT_PLUGINS", ("loraswitch.core.sources",))
+    monkeypatch.setattr(plugins, "DEFAULT_PLUGINS", ("loraswitch.core.models.sources",))
     monkeypatch.setenv("LORASWITCH_PLUGINS", "")
     monkeypatch.setenv("LORASWITCH_CACHE", str(tmp_path / "cache"))
     plugins.reset_plugin_manager()
@@ -44,7 +45,7 @@ def sources_only(monkeypatch, tmp_path):
 @pytest.fixture(scope="session")
 def smollm2_dir(smollm2_cache):
     """builtin:smollm2-135m converted once per session into a private cache."""
-    from loraswitch.core.builtin import resolve_builtin
+    from loraswitch.core.models.builtin import resolve_builtin
 
     return resolve_builtin("smollm2-135m", smollm2_cache).path
 
@@ -341,7 +342,7 @@ def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def _tiny_llama_gguf(path: Path, arch: str = "llama") -> tuple[dict, dict]:
     """A tiny Llama GGUF made as llama.cpp would from random HF weights, and those weights."""
-    from loraswitch.core.byte_tokenizer import _bytes_to_unicode
+    from loraswitch.core.models.byte_tokenizer import _bytes_to_unicode
 
     config = shape_config("tiny")
     hf = random_weights(config, seed=5)
@@ -450,7 +451,7 @@ def test_builtin_smollm2_converts_and_answers(smollm2_dir):
 
 
 def test_builtin_cache_from_another_package_version_is_rebuilt(smollm2_dir, tmp_path, monkeypatch):
-    from loraswitch.core import builtin
+    from loraswitch.core.models import builtin
 
     # Rebuild into a copy so the session's converted directory stays valid.
     root = tmp_path / "cache"
@@ -497,9 +498,9 @@ def test_quickstart_data_is_what_the_script_generates():
 
 
 def test_source_modules_import_no_framework():
-    code = ("import sys, loraswitch.core.sources, loraswitch.core.builtin, loraswitch.core.gguf, "
-            "loraswitch.core.gguf_convert, loraswitch.core.random_model, loraswitch.core.cache, "
-            "loraswitch.core.evaluation\n"
+    code = ("import sys, loraswitch.core.models.sources, loraswitch.core.models.builtin, loraswitch.core.models.gguf.reader, "
+            "loraswitch.core.models.gguf.convert, loraswitch.core.models.random_model, loraswitch.core.models.cache, "
+            "loraswitch.core.training.evaluation\n"
             "bad = [m for m in ('torch', 'jax', 'flax', 'transformers') if m in sys.modules]\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,8 +8,8 @@ import pytest
 from chatml_tokenizer import CHATML_TEMPLATE, MERGES, write_model_dir
 
 from loraswitch.core.errors import UserError
-from loraswitch.core.jsonl import parse_record
-from loraswitch.core.tokenizer import ChatTokenizer
+from loraswitch.core.data.jsonl import parse_record
+from loraswitch.core.data.chat_tokenizer import ChatTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -213,8 +213,8 @@ def test_core_data_modules_import_no_framework():
     import subprocess
     import sys
 
-    code = ("import sys, loraswitch.core.jsonl, loraswitch.core.tokenizer, loraswitch.core.dataset, "
-            "loraswitch.core.batching; print([m for m in ('torch', 'jax', 'flax') if m in sys.modules])")
+    code = ("import sys, loraswitch.core.data.jsonl, loraswitch.core.data.chat_tokenizer, loraswitch.core.data.dataset, "
+            "loraswitch.core.data.batching; print([m for m in ('torch', 'jax', 'flax') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -15,11 +15,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from loraswitch.core.batch import IGNORE_INDEX, Batch, MicroStep  # noqa: E402
+from loraswitch.core.types import IGNORE_INDEX, Batch, MicroStep  # noqa: E402
 from loraswitch.core.config import Config  # noqa: E402
 from loraswitch.core.errors import UserError  # noqa: E402
-from loraswitch.core.model_source import ModelSource  # noqa: E402
-from loraswitch.core.random_model import write_random_model  # noqa: E402
+from loraswitch.core.types import ModelSource  # noqa: E402
+from loraswitch.core.models.random_model import write_random_model  # noqa: E402
 
 VOCAB = 512  # the tiny shape's vocabulary
 

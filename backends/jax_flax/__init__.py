@@ -7,7 +7,7 @@ from loraswitch.core import hookimpl
 
 
 def _create():
-    from .backend import JaxBackend
+    from loraswitch.backends.jax_flax.backend import JaxBackend
 
     return JaxBackend()
 

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from loraswitch.core.errors import UserError
-from loraswitch.core.json_file import read_json_object
+from loraswitch.core.files.json_file import read_json_object
 
-from .spec import LINEAR_PARENT, LlamaSpec
-from .weights import SafetensorsFiles
+from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, LlamaSpec
+from loraswitch.backends.jax_flax.weights import SafetensorsFiles
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -8,7 +8,7 @@ does the host-side work: checks, files, the generation loop.
 
 Every array lives on a device mesh (config ``mesh``, sharding.py): one device is a mesh of one;
 several devices split each micro-batch's rows (data parallel), and with ``fsdp`` > 1 the frozen
-base weights too; several hosts join through ``jax.distributed`` (multihost.py) and the engine
+base weights too; several hosts join through ``jax.distributed`` (processes.py) and the engine
 talks to them through ``self.communicator``. LoRA weights and optimizer state are replicated,
 so saving and loading see whole arrays whatever the device count.
 
@@ -29,24 +29,25 @@ import numpy as np
 import optax
 from flax import nnx
 
-from loraswitch.core.distributed import check_divisible
+from loraswitch.core.training.parallel import check_divisible
 from loraswitch.core.errors import UserError
 
-from . import adapter as peft_format
-from . import multihost, optimizer
-from .lora import init_lora_a, lora_scaling
-from .model import Llama, empty_cache
-from .options import choose_options
-from .sharding import Layout, gather_where_read, inference_layout, make_layout, put_rows, replicate, to_host
-from .spec import LINEAR_PARENT, spec_from_config
-from .steps import Statics, compiled_functions
-from .trees import named_leaves, replace_leaves
-from .weights import load_weights, random_weights
+from loraswitch.backends.jax_flax import adapter as peft_format
+from loraswitch.backends.jax_flax import processes
+from loraswitch.backends.jax_flax import optimizer
+from loraswitch.backends.jax_flax.lora import init_lora_a, lora_scaling
+from loraswitch.backends.jax_flax.model import Llama, empty_cache
+from loraswitch.backends.jax_flax.options import choose_options
+from loraswitch.backends.jax_flax.sharding import Layout, gather_where_read, inference_layout, make_layout, put_rows, replicate, to_host
+from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, spec_from_config
+from loraswitch.backends.jax_flax.steps import Statics, compiled_functions
+from loraswitch.backends.jax_flax.trees import named_leaves, replace_leaves
+from loraswitch.backends.jax_flax.weights import load_weights, random_weights
 
 if TYPE_CHECKING:
-    from loraswitch.core.batch import Batch, MicroStep
+    from loraswitch.core.types import Batch, MicroStep
     from loraswitch.core.config import Config
-    from loraswitch.core.model_source import ModelSource
+    from loraswitch.core.types import ModelSource
 
 REMAT_VAR = "LORASWITCH_JAX_REMAT"  # options.py
 _GENERATE_BUCKET = 64  # prompt and cache lengths are rounded up to this, so generate compiles rarely
@@ -78,7 +79,7 @@ class JaxBackend:
     def __init__(self) -> None:
         self._loaded = False
         self.opt_state = None
-        self.communicator: multihost.JaxCommunicator | None = None  # set by load (core.distributed)
+        self.communicator: processes.JaxCommunicator | None = None  # set by load (core.training.parallel)
 
     # ------------------------------------------------------------------ load
 
@@ -86,11 +87,11 @@ class JaxBackend:
         self.source, self.config = model, config
         self.spec = spec_from_config(model.config, model.path / "config.json")
         self.targets = resolve_targets(list(config.lora_target_modules))
-        multihost.initialize()  # before anything touches a device
+        processes.initialize()  # before anything touches a device
         self.layout: Layout = make_layout(config.mesh) if train else inference_layout(config.mesh)
         if train:
             self._check_batch_size(config)  # before the weights load
-        self.communicator = multihost.JaxCommunicator(self.layout.size)
+        self.communicator = processes.JaxCommunicator(self.layout.size)
         self.device = jax.local_devices()[0]
         self.options = choose_options(self.device.platform, config.precision, self.spec.head_dim)
         if self.layout.fsdp > 1 and self.options.remat == "none" and os.environ.get(REMAT_VAR, "auto").strip() in ("", "auto"):

@@ -19,12 +19,12 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from loraswitch.core.batch import IGNORE_INDEX
+from loraswitch.core.types import IGNORE_INDEX
 
-from .lora import FUSED_NAME, LoRALinear, fused_projections
-from .options import Options
-from .rope import apply_rope, cos_sin, inv_frequencies
-from .spec import LINEAR_PARENT, LlamaSpec
+from loraswitch.backends.jax_flax.lora import FUSED_NAME, LoRALinear, fused_projections
+from loraswitch.backends.jax_flax.options import Options
+from loraswitch.backends.jax_flax.rope import apply_rope, cos_sin, inv_frequencies
+from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, LlamaSpec
 
 Cache = tuple[jax.Array, jax.Array]  # keys, values [layers, B, S, kv_heads, head_dim]
 

@@ -21,9 +21,9 @@ import numpy as np
 import optax
 
 from loraswitch.core.errors import UserError
-from loraswitch.core.json_file import read_json_object
+from loraswitch.core.files.json_file import read_json_object
 
-from .trees import named_leaves, replace_leaves
+from loraswitch.backends.jax_flax.trees import named_leaves, replace_leaves
 
 STATE_FILE = "jax_optimizer.safetensors"
 META_FILE = "jax_optimizer.json"

@@ -11,7 +11,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from .spec import RopeSpec
+from loraswitch.backends.jax_flax.spec import RopeSpec
 
 
 def inv_frequencies(rope: RopeSpec, head_dim: int) -> np.ndarray:

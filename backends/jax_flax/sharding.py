@@ -27,8 +27,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from loraswitch.core.batch import IGNORE_INDEX, Batch
-from loraswitch.core.distributed import mesh_sizes
+from loraswitch.core.types import IGNORE_INDEX, Batch
+from loraswitch.core.training.parallel import mesh_sizes
 
 ROWS = ("data", "fsdp")  # the batch axis is split over both mesh axes
 
@@ -59,7 +59,7 @@ class Layout:
     @property
     def rows(self) -> NamedSharding:
         """[B, ...] arrays: contiguous blocks of rows, device (d, f) holding block d * fsdp + f,
-        the block ``core.distributed.shard_rows`` gives rank d * fsdp + f."""
+        the block ``core.training.parallel.shard_rows`` gives rank d * fsdp + f."""
         return NamedSharding(self.mesh, P(ROWS))
 
     def weight(self, shape: tuple[int, ...], *, stacked: bool) -> NamedSharding:

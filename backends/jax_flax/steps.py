@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from . import optimizer
-from .sharding import Layout
+from loraswitch.backends.jax_flax import optimizer
+from loraswitch.backends.jax_flax.sharding import Layout
 
 
 def sample_token(logits: jax.Array, key: jax.Array, temperature, top_p) -> jax.Array:

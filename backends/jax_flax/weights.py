@@ -18,10 +18,10 @@ import ml_dtypes
 import numpy as np
 
 from loraswitch.core.errors import UserError
-from loraswitch.core.model_dir import read_safetensors_header, weight_files
+from loraswitch.core.models.model_dir import read_safetensors_header, weight_files
 
-from .sharding import Layout, put_from
-from .spec import LINEAR_PARENT, LlamaSpec
+from loraswitch.backends.jax_flax.sharding import Layout, put_from
+from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, LlamaSpec
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}

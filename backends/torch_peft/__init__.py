@@ -10,7 +10,7 @@ from loraswitch.core import hookimpl
 
 
 def _create_torch_backend():
-    from .backend import TorchBackend  # heavy imports happen here, only when chosen
+    from loraswitch.backends.torch_peft.backend import TorchBackend  # heavy imports happen here, only when chosen
 
     return TorchBackend.from_environment()
 

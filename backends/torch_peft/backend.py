@@ -7,7 +7,7 @@ returned loss stays a tensor until the engine converts it once per window.
 
 Under torchrun (WORLD_SIZE > 1) each process trains its contiguous block of every global
 micro-batch, through DDP or, with ``mesh: {fsdp: N}``, with FSDP2-sharded base weights
-(``distributed.py``); the LoRA weights and optimizer state stay whole on every process.
+(``processes.py``); the LoRA weights and optimizer state stay whole on every process.
 """
 from __future__ import annotations
 
@@ -21,16 +21,18 @@ import numpy as np
 import torch
 
 from loraswitch.core.backend import LossValue
-from loraswitch.core.batch import Batch, MicroStep
+from loraswitch.core.types import Batch, MicroStep
 from loraswitch.core.config import Config
-from loraswitch.core.distributed import mesh_sizes, shard_rows
-from loraswitch.core.model_source import ModelSource
+from loraswitch.core.training.parallel import mesh_sizes, shard_rows
+from loraswitch.core.types import ModelSource
 
-from . import adapter_io, distributed, optimizer_state
-from .attention import attention_choice, attention_context, kernel_used
-from .generation import generate_tokens
-from .loss import chunk_loss, chunk_loss_and_grad, target_cross_entropy, target_positions
-from .model_loading import Placement, check_target_modules, choose_placement, load_base_model
+from loraswitch.backends.torch_peft import adapter
+from loraswitch.backends.torch_peft import processes
+from loraswitch.backends.torch_peft import optimizer
+from loraswitch.backends.torch_peft.attention import attention_choice, attention_context, kernel_used
+from loraswitch.backends.torch_peft.generation import generate_tokens
+from loraswitch.backends.torch_peft.loss import chunk_loss, chunk_loss_and_grad, target_cross_entropy, target_positions
+from loraswitch.backends.torch_peft.model import Placement, check_target_modules, choose_placement, load_base_model
 
 
 def dropout_seed(seed: int, step: int, micro: int, rank: int | None = None) -> int:
@@ -50,8 +52,8 @@ class TorchBackend:
         self.requested_device = device
         self.model = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self.group: distributed.ProcessGroup | None = None  # set under torchrun
-        self.communicator = None  # the core's view of self.group (core.distributed.Communicator)
+        self.group: processes.ProcessGroup | None = None  # set under torchrun
+        self.communicator = None  # the core's view of self.group (core.training.parallel.Communicator)
 
     @classmethod
     def from_environment(cls) -> "TorchBackend":
@@ -65,9 +67,9 @@ class TorchBackend:
 
         self.config, self.source = config, model
         device = self.requested_device
-        if distributed.launched_with_several_processes():
-            device = distributed.process_device(self.requested_device)
-            self.group = self.communicator = distributed.start(device, config.mesh, config.batch_size)
+        if processes.launched_with_several_processes():
+            device = processes.process_device(self.requested_device)
+            self.group = self.communicator = processes.start(device, config.mesh, config.batch_size)
         else:
             mesh_sizes(config.mesh, 1, unit="processes",
                        hint="; torch runs one process per device: torchrun --nproc_per_node N -m loraswitch.core.cli train ...")
@@ -83,7 +85,7 @@ class TorchBackend:
         with warnings.catch_warnings():  # peft probes a property transformers 5 deprecates
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             if sharded:
-                from .sharded_loading import load_sharded_peft_model
+                from loraswitch.backends.torch_peft.sharding import load_sharded_peft_model
 
                 targets = _checked_targets_on_meta(model, config.lora_target_modules)
                 self.model = load_sharded_peft_model(model, self.placement, lora_config(targets), config.seed, self.group)
@@ -94,7 +96,7 @@ class TorchBackend:
                 torch.manual_seed(config.seed)
                 # LoRA weights stay fp32 under a bf16 base (autocast_adapter_dtype), so AdamW updates them in fp32.
                 self.model = get_peft_model(base, lora_config(targets), autocast_adapter_dtype=True)
-        self.model.peft_config[adapter_io.ADAPTER_NAME].base_model_name_or_path = model.name
+        self.model.peft_config[adapter.ADAPTER_NAME].base_model_name_or_path = model.name
         self.autocast = self.placement.dtype == torch.bfloat16
         if self.autocast:
             # Under autocast the LoRA matmuls run in bf16; peft's own cast of the input to the fp32
@@ -102,7 +104,7 @@ class TorchBackend:
             for module in self.model.modules():
                 if hasattr(module, "cast_input_dtype_enabled"):
                     module.cast_input_dtype_enabled = False
-        self.params = adapter_io.lora_parameters(self.model)
+        self.params = adapter.lora_parameters(self.model)
         causal_lm = self.model.get_base_model()
         self.decoder, self.head = causal_lm.model, causal_lm.lm_head
 
@@ -117,10 +119,10 @@ class TorchBackend:
             self._loss_and_grad_fn = torch.compile(chunk_loss_and_grad)
 
         self._ddp = None
-        self._window: distributed.WindowLosses | None = None
+        self._window: processes.WindowLosses | None = None
         if self.group is not None and not sharded:
-            loss_module = distributed.TargetLossModule(self.decoder, self.head, self._target_loss)
-            self._ddp = distributed.wrap_ddp(loss_module, self.group)
+            loss_module = processes.TargetLossModule(self.decoder, self.head, self._target_loss)
+            self._ddp = processes.wrap_ddp(loss_module, self.group)
         self.optimizer = None
         if train:
             self.optimizer = torch.optim.AdamW(
@@ -164,7 +166,7 @@ class TorchBackend:
             loss = self._target_loss(batch) * micro.weight
             loss.backward()
         if self._window is None:
-            self._window = distributed.WindowLosses()
+            self._window = processes.WindowLosses()
         contribution = self._window.add(loss)
         if micro.apply_update:
             if self._ddp is None:
@@ -235,25 +237,25 @@ class TorchBackend:
     # ------------------------------------------------------------------ files
 
     def save_adapter(self, directory: Path) -> None:
-        adapter_io.save_adapter(self.model, Path(directory), self.source.name)
+        adapter.save_adapter(self.model, Path(directory), self.source.name)
 
     def load_adapter(self, directory: Path) -> None:
         directory = Path(directory)
         c = self.config
-        adapter_io.check_adapter_config(directory, c.lora_r, c.lora_alpha, c.use_rslora, c.lora_target_modules)
-        adapter_io.load_adapter_weights(self.params, directory)
+        adapter.check_adapter_config(directory, c.lora_r, c.lora_alpha, c.use_rslora, c.lora_target_modules)
+        adapter.load_adapter_weights(self.params, directory)
 
     def save_state(self, directory: Path) -> None:
         if self.optimizer is None:
             raise RuntimeError("save_state needs a backend loaded with train=True")
         extra = {"framework": f"torch {torch.__version__}", "seed": self.config.seed,
                  "dropout_seed": "numpy SeedSequence([seed, step, micro]), reseeded every micro-step"}
-        optimizer_state.save_optimizer_state(self.optimizer, self.params, Path(directory), extra)
+        optimizer.save_optimizer_state(self.optimizer, self.params, Path(directory), extra)
 
     def load_state(self, directory: Path) -> None:
         if self.optimizer is None:
             raise RuntimeError("load_state needs a backend loaded with train=True")
-        optimizer_state.load_optimizer_state(self.optimizer, self.params, Path(directory))
+        optimizer.load_optimizer_state(self.optimizer, self.params, Path(directory))
 
     def describe(self) -> dict[str, Any]:
         import peft
@@ -320,7 +322,7 @@ class TorchBackend:
 
 def _checked_targets_on_meta(model: ModelSource, targets: list[str]) -> list[str]:
     """check_target_modules on a shapes-only model, for the sharded path that never builds a whole one."""
-    from .model_loading import _hf_config, _model_class, architecture_of
+    from loraswitch.backends.torch_peft.model import _hf_config, _model_class, architecture_of
 
     architecture = architecture_of(model)
     with torch.device("meta"):

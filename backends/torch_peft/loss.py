@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loraswitch.core.batch import IGNORE_INDEX
+from loraswitch.core.types import IGNORE_INDEX
 
 # fp32 elements of one chunk of logits (1 GiB); a chunk is at least MIN_CHUNK_ROWS rows
 LOGITS_BUDGET = 1 << 28

@@ -8,6 +8,6 @@ reported beside the loss it reached, because a fast step that computes the wrong
 
 Modules: ``protocol`` (settings, synthetic data, FLOPs), ``runner`` (one subprocess per system),
 ``worker`` (what runs inside that subprocess), ``hf_reference`` (plain transformers + peft, the
-baseline), ``report`` (table, JSON, chart); the CLI subcommand is ``core/commands/bench.py``. Nothing here imports
+baseline), ``report`` (table, JSON, chart); the CLI subcommand is ``core/cli/commands/bench.py``. Nothing here imports
 torch or jax at module level: the frameworks are imported only inside the worker process.
 """

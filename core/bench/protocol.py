@@ -13,9 +13,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import DEFAULT_TARGET_MODULES
-from ..errors import UserError
-from ..shapes import SHAPES, shape_config
+from loraswitch.core.config import DEFAULT_TARGET_MODULES
+from loraswitch.core.errors import UserError
+from loraswitch.core.models.shapes import SHAPES, shape_config
 
 HF_REFERENCE = "hf-reference"
 # Dense bf16 matrix-product rate measured on the H200 used for the reference numbers
@@ -90,7 +90,7 @@ def model_config_of(shape: str) -> dict[str, Any]:
     path = Path(shape).expanduser()
     if not path.is_dir():
         raise UserError(f"bench: --shape {shape!r} is neither a random shape ({', '.join(SHAPES)}) nor a model directory")
-    from ..model_dir import read_config, validate_model_dir
+    from loraswitch.core.models.model_dir import read_config, validate_model_dir
 
     validate_model_dir(path)
     return read_config(path)

@@ -18,9 +18,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import UserError
-from .protocol import HF_REFERENCE, BenchSettings, flops_per_token, matmul_params, model_config_of
-from .worker import RESULT_MARKER
+from loraswitch.core.errors import UserError
+from loraswitch.core.bench.protocol import HF_REFERENCE, BenchSettings, flops_per_token, matmul_params, model_config_of
+from loraswitch.core.bench.worker import RESULT_MARKER
 
 # Losses of systems that start from independently drawn LoRA weights and dropout masks, in bf16,
 # agree to about 1% after a few steps; a larger gap means a system computes a different loss.
@@ -30,7 +30,7 @@ ENV_PREFIXES = ("LORASWITCH_", "XLA_", "JAX_", "TF_", "PYTORCH_", "TORCH", "CUDA
 
 def available_systems() -> dict[str, str | None]:
     """Every system name -> None when it can run here, else why not (the install hint)."""
-    from ..plugins import get_backends
+    from loraswitch.core.plugins import get_backends
 
     systems: dict[str, str | None] = {HF_REFERENCE: _missing_reason(("torch", "transformers", "peft"), "torch")}
     for name, info in get_backends().items():

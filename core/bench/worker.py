@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import HF_REFERENCE, BenchSettings, synthetic_tokens
+from loraswitch.core.bench.protocol import HF_REFERENCE, BenchSettings, synthetic_tokens
 
 RESULT_MARKER = "LORASWITCH_BENCH_RESULT "
 
@@ -28,7 +28,7 @@ class BackendSystem:
     MicroStep objects with weight = 1 / targets in the window, the update at the window's end."""
 
     def __init__(self, name: str, settings: BenchSettings, source: Any, tokens: np.ndarray):
-        from ..batch import Batch, MicroStep
+        from loraswitch.core.types import Batch, MicroStep
 
         self.name, self.settings, self.source = name, settings, source
         accum = settings.accumulation_steps
@@ -42,8 +42,8 @@ class BackendSystem:
         ]
 
     def load(self) -> None:
-        from ..config import validate
-        from ..plugins import create_backend
+        from loraswitch.core.config import validate
+        from loraswitch.core.plugins import create_backend
 
         s = self.settings
         config = validate({
@@ -165,13 +165,13 @@ def measure(system: Any, settings: BenchSettings) -> dict[str, Any]:
 
 
 def build_system(name: str, settings: BenchSettings) -> Any:
-    from ..sources import resolve_model
-    from .protocol import model_config_of
+    from loraswitch.core.models.sources import resolve_model
+    from loraswitch.core.bench.protocol import model_config_of
 
     source = resolve_model(settings.model)
     tokens = synthetic_tokens(settings, model_config_of(settings.shape)["vocab_size"])
     if name == HF_REFERENCE:
-        from .hf_reference import HFReference
+        from loraswitch.backends.torch_peft.hf_reference import HFReference
 
         return HFReference(settings, source, tokens)
     return BackendSystem(name, settings, source, tokens)

@@ -46,7 +46,7 @@ def finished_run(tmp_path_factory) -> Path:
     try:
         reset_plugin_manager()
         from loraswitch.core.config import resolve
-        from loraswitch.core.engine import train
+        from loraswitch.core.training.engine import train
 
         summary = train(resolve(None, dict(RUN_CONFIG, data=str(base / "train.jsonl"), output_dir=str(base / "run")),
                                 environ={}), quiet=True)
@@ -72,7 +72,7 @@ class Context:
         """A copy of the random:tiny model directory at {d}/model."""
         target = self.d / "model"
         if not target.exists():
-            from loraswitch.core.sources import resolve_model
+            from loraswitch.core.models.sources import resolve_model
 
             shutil.copytree(resolve_model("random:tiny").path, target)
             reset_plugin_manager()

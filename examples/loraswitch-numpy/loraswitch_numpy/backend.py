@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 from loraswitch.core.errors import UserError
-from loraswitch.core.json_file import read_json_object
+from loraswitch.core.files.json_file import read_json_object
 
 from . import files
 from .adamw import AdamW, clip_grad_norm

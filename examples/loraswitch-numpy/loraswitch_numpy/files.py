@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 from loraswitch.core.errors import UserError
-from loraswitch.core.json_file import read_json_object
+from loraswitch.core.files.json_file import read_json_object
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -1,0 +1,97 @@
+"""The baseline: plain transformers + peft, eager, the loop their documentation shows.
+
+This is what a user would write instead of using loraswitch, so it stays deliberately plain:
+no torch.compile, no fused loss, no tricks. It mirrors the anchor that produced the published
+reference numbers (shared/anchors/hf_peft_reference.py): LlamaForCausalLM built from its config,
+SDPA attention, bf16 on CUDA (fp32 on CPU), ``get_peft_model``, fused AdamW on CUDA,
+``(loss / accumulation_steps).backward()``, ``opt.step()``, ``opt.zero_grad()``.
+torch, transformers and peft are imported inside ``load`` so importing this module stays light.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from loraswitch.core.types import ModelSource
+from loraswitch.core.bench.protocol import BenchSettings
+
+
+class HFReference:
+    name = "hf-reference"
+
+    def __init__(self, settings: BenchSettings, source: ModelSource, tokens: np.ndarray):
+        self.settings = settings
+        self.source = source
+        self.tokens = tokens
+
+    def load(self) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+        s = self.settings
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
+        if self.source.random_init:
+            # The anchor's way: a model from its config, initialised by transformers on the device.
+            torch.manual_seed(self.source.init_seed)
+            cfg = LlamaConfig.from_pretrained(self.source.path)
+            cfg._attn_implementation = "sdpa"
+            with torch.device(self.device):
+                model = LlamaForCausalLM(cfg).to(dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=dtype, attn_implementation="sdpa",
+                                                         use_safetensors=True).to(self.device)
+        torch.manual_seed(s.seed)
+        lora = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+                          target_modules=list(s.lora_target_modules), task_type="CAUSAL_LM")
+        self.model = get_peft_model(model, lora)
+        self.model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params_trainable = sum(p.numel() for p in params)
+        self.params_total = sum(p.numel() for p in self.model.parameters())
+        self.opt = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay,
+                                     fused=self.device == "cuda")
+        # All the data on the device before the clock starts, as in the anchor.
+        self.data = torch.from_numpy(self.tokens).to(self.device, torch.long)
+
+    def window(self, step: int) -> list[Any]:
+        """One optimizer step: accumulation_steps forward/backward passes, then AdamW.
+        Returns the micro-batch losses as device tensors (no host sync here)."""
+        accum = self.settings.accumulation_steps
+        losses = []
+        for a in range(accum):
+            x = self.data[step * accum + a]
+            loss = self.model(input_ids=x, labels=x).loss
+            (loss / accum).backward()
+            losses.append(loss.detach())
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return losses
+
+    @staticmethod
+    def window_loss(values: list[Any]) -> float:
+        """Each micro-batch has the same number of targets, so the window's token mean is the
+        mean of the micro-batch means."""
+        return sum(float(v) for v in values) / len(values)
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def describe(self) -> dict[str, Any]:
+        import peft
+        import transformers
+
+        torch = self.torch
+        return {
+            "framework": f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}",
+            "device": torch.cuda.get_device_name() if self.device == "cuda" else "cpu",
+            "device_type": "gpu" if self.device == "cuda" else "cpu",
+            "precision": self.settings.precision,
+            "params_total": self.params_total,
+            "params_trainable": self.params_trainable,
+            "compile": False,
+        }

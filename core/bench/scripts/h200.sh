@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Reproduce the H200 table of docs/benchmarks.md from a checkout that is not pip-installed
+# (as on a lent GPU machine: its python3 already has torch, transformers, peft, jax and flax).
+#
+#   bash core/bench/scripts/h200.sh smoke OUT_DIR   # tiny on the GPU + one llama-1b step per system
+#   bash core/bench/scripts/h200.sh full  OUT_DIR   # llama-1b and llama-3b, hf-reference + torch + jax
+#
+# `import loraswitch.core` works through the shim that _env.sh sets up.
+set -uo pipefail
+mode=${1:-full}
+out=${2:-bench-results/h200}
+source "$(dirname "$0")/_env.sh"  # the PYTHONPATH shim, LORASWITCH_CACHE, $py
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+$py - <<'PY'
+import sys, torch, transformers, peft, jax, flax, optax
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| transformers", transformers.__version__,
+      "| peft", peft.__version__, "| jax", jax.__version__, "| flax", flax.__version__, "| optax", optax.__version__)
+print("torch sees", torch.cuda.get_device_name(), "| jax sees", jax.devices())
+PY
+
+bench() {  # bench NAME ARGS...: one bench invocation, its log beside its report
+    local name=$1; shift
+    echo "=== loraswitch bench $* (report: $out/$name)"
+    $py -m loraswitch.core.cli bench --out "$out/$name" "$@" 2>&1 | tee "$out/$name.log"
+}
+
+systems=hf-reference,torch,jax
+case $mode in
+    smoke)
+        bench tiny --shape tiny --systems $systems --batch_size 2 --seq_len 128 --steps 2 --warmup_steps 1 --timeout_s 120
+        bench smoke-1b --shape llama-1b --systems $systems --steps 1 --warmup_steps 1 --timeout_s 200
+        ;;
+    full)
+        bench llama-1b --shape llama-1b --systems $systems --steps 5 --warmup_steps 2 --timeout_s 240
+        bench llama-3b --shape llama-3b --systems $systems --steps 3 --warmup_steps 2 --timeout_s 300
+        ;;
+    *) echo "usage: $0 smoke|full OUT_DIR" >&2; exit 2 ;;
+esac

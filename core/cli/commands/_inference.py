@@ -1,0 +1,82 @@
+"""Load a model (and optionally an adapter) for generation or evaluation, outside a run.
+
+The LoRA shape must match the adapter before its weights can load, so r, alpha, target modules
+and rsLoRA are read from the adapter's own adapter_config.json (PEFT format, any backend).
+When ``adapter`` is a run directory, its adapter/ and its config.yaml's model and backend are used.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from loraswitch.core.errors import UserError
+from loraswitch.core.files.json_file import read_json_object
+
+
+def adapter_settings(adapter_dir: Path) -> dict[str, Any]:
+    """Config keys for the LoRA layers an adapter was trained with."""
+    path = adapter_dir / "adapter_config.json"
+    cfg = read_json_object(path, if_missing="--adapter must be a PEFT adapter directory or a run directory")
+    if not isinstance(cfg.get("r"), int):
+        raise UserError(f"{path}: needs an integer 'r' (PEFT adapter_config.json)")
+    out: dict[str, Any] = {"lora_r": cfg["r"], "lora_alpha": cfg.get("lora_alpha", cfg["r"]),
+                           "use_rslora": bool(cfg.get("use_rslora", False)), "lora_dropout": 0.0}
+    if isinstance(cfg.get("base_model_name_or_path"), str) and cfg["base_model_name_or_path"]:
+        out["base_model"] = cfg["base_model_name_or_path"]
+    targets = cfg.get("target_modules")
+    if isinstance(targets, str):
+        targets = [targets]
+    if targets:
+        out["lora_target_modules"] = sorted(targets)
+    return out
+
+
+def locate_adapter(path: str | None) -> tuple[Path | None, dict[str, Any]]:
+    """(adapter directory, the run's config values if ``path`` is a run directory)."""
+    if path is None:
+        return None, {}
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"--adapter: {p} is not a directory")
+    from loraswitch.core.rundir import layout, names
+
+    if (p / names.CONFIG).is_file():
+        run_values = layout.read_run_config(p)
+        if not (p / names.ADAPTER).is_dir():
+            raise UserError(f"{p}: run directory has no {names.ADAPTER}/ yet (the run wrote no checkpoint)")
+        return p / names.ADAPTER, run_values
+    return p, {}
+
+
+def load_for_inference(*, model: str | None, backend_name: str | None, adapter: str | None,
+                       extra: dict[str, Any] | None = None):
+    """(backend, tokenizer, config) ready for generate/eval_loss, adapter loaded if given."""
+    from loraswitch.core.config import Config, validate
+    from loraswitch.core.plugins import create_backend
+    from loraswitch.core.models.sources import resolve_model
+    from loraswitch.core.data.chat_tokenizer import ChatTokenizer
+
+    adapter_dir, run_values = locate_adapter(adapter)
+    values: dict[str, Any] = {k: v for k, v in run_values.items() if k in Config.model_fields}
+    values.update(extra or {})
+    if model:
+        values["model"] = model
+    if backend_name:
+        values["backend"] = backend_name
+    if adapter_dir is not None:
+        settings = adapter_settings(adapter_dir)
+        # an adapter outside a run names its base model, as PEFT records it; a hub id (not
+        # downloadable here) falls back to the default model
+        base = settings.get("base_model") or ""
+        if "model" not in values and (base.startswith(("random:", "builtin:")) or Path(base).is_dir()):
+            values["model"] = base
+        values.update({k: v for k, v in settings.items() if k != "base_model"})
+    values["lora_dropout"] = 0.0
+    config = validate(values, "options")
+    source = resolve_model(config.model)
+    tokenizer = ChatTokenizer.from_dir(source.path)
+    backend = create_backend(config.backend)
+    backend.load(source, config, train=False)
+    if adapter_dir is not None:
+        backend.load_adapter(adapter_dir)
+    return backend, tokenizer, config
