@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from loraswitch.core.data.batching import epoch_order
 from loraswitch.core.config import resolve
 from loraswitch.core.data.dataset import load_datasets, split_indices
-from loraswitch.core.training.engine import TrainerState, _limit_reached
+from loraswitch.core.training.state import TrainerState
+from loraswitch.core.training.stopping import limit_reached
 from loraswitch.core.training.schedule import micro_batches, plan_epoch, steps_per_epoch, total_steps
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -134,12 +135,12 @@ def test_windows_cover_the_epoch_exactly(n, batch_size, accumulation, seed, epoc
        n_steps=st.integers(1, 200), n_epochs=st.integers(1, 20))
 def test_first_of_n_steps_and_n_epochs_decides(n, batch_size, accumulation, n_steps, n_epochs):
     """Walk the engine's state machine (one window per step, the epoch advancing when its
-    windows run out) until _limit_reached fires: the step count is the smaller budget."""
+    windows run out) until limit_reached fires: the step count is the smaller budget."""
     config = resolve(None, dict(batch_size=batch_size, accumulation_steps=accumulation, n_steps=n_steps,
                                 n_epochs=n_epochs), environ={})
     per_epoch = len(plan_epoch(n, batch_size, accumulation))
     state, seen = TrainerState(), []
-    while (reason := _limit_reached(state, config)) is None:
+    while (reason := limit_reached(state, config)) is None:
         seen.append((state.epoch, state.window))
         state.step += 1
         state.window += 1

@@ -32,6 +32,7 @@ def run(args) -> int:
 
     from loraswitch.core.config import resolve
     from loraswitch.core.training.engine import train
+    from loraswitch.core.training.stopping import StopReason
     from loraswitch.core.data.jsonl import read_jsonl
     from loraswitch.core.cli.commands._inference import load_for_inference
 
@@ -45,7 +46,7 @@ def run(args) -> int:
     _report("before (base model)", before)
 
     summary = train(config, overwrite=True)
-    if summary["stop_reason"] in ("non_finite_loss", "interrupted"):
+    if summary["stop_reason"] in (StopReason.NON_FINITE_LOSS, StopReason.INTERRUPTED):
         print(f"quickstart: training stopped ({summary['stop_reason']}); see {config.output_dir}")
         return 1
     backend.load_adapter(Path(config.output_dir) / "adapter")

@@ -28,6 +28,7 @@ def run(args) -> int:
     from loraswitch.core.config import env_overrides, read_config_file, resolve
     from loraswitch.core.training.parallel import is_main_process
     from loraswitch.core.training.engine import resume_config, train
+    from loraswitch.core.training.stopping import StopReason
     from loraswitch.core.errors import UserError
     from loraswitch.core.training.interrupt import EXIT_CODES
 
@@ -47,14 +48,14 @@ def run(args) -> int:
 
     reason = summary["stop_reason"]
     run_dir = config.output_dir
-    if reason == "non_finite_loss":
+    if reason == StopReason.NON_FINITE_LOSS:
         kept = (f"the last good checkpoint (step {summary['adapter_step']}) is kept and copied to {run_dir}/adapter"
                 if summary.get("adapter_step") is not None else "no checkpoint had been written yet")
         print(f"error: training loss became non-finite ({summary.get('non_finite_value')}) at step "
               f"{summary.get('non_finite_step')}; {kept}; lower learning_rate_multiplier or check the data",
               file=sys.stderr)
         return 1
-    if reason == "interrupted":
+    if reason == StopReason.INTERRUPTED:
         if not args.quiet:
             where = f"checkpoint at step {summary['steps']}" if summary["steps"] else "no step completed"
             print(f"loraswitch: interrupted ({summary.get('signal')}); {where}; continue with: "
