@@ -27,7 +27,11 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/loraswitch quickstart --backend $(BACKEND)
 
+# Lint, format and types first (seconds), then the tests.
 test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -3,6 +3,7 @@
 Importing this package never imports torch, jax or flax; a test checks it.
 Plugins need one import: ``from loraswitch.core import hookimpl``.
 """
+
 import pluggy
 
 __version__ = "0.1.0"

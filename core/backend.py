@@ -3,15 +3,15 @@
 The engine owns the loop, the data order, accumulation windows, learning rate and stopping;
 a backend owns the framework: model, LoRA, gradients, optimizer, devices.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from loraswitch.core.types import Batch, MicroStep
     from loraswitch.core.config import Config
-    from loraswitch.core.types import ModelSource
+    from loraswitch.core.types import Batch, MicroStep, ModelSource
 
 
 class LossValue(Protocol):
@@ -43,8 +43,16 @@ class Backend(Protocol):
     def logits(self, batch: Batch) -> Any:
         """fp32 numpy logits [B, T, V] for the batch, LoRA applied, no dropout (parity tests)."""
 
-    def generate(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
+    def generate(
+        self,
+        prompt_ids: list[int],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop_ids: tuple[int, ...] = (),
+    ) -> list[int]:
         """New token ids after ``prompt_ids``: greedy when temperature is 0, else sampled."""
 
     def save_adapter(self, directory: Path) -> None:

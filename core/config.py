@@ -3,11 +3,12 @@
 Sources, later wins: defaults < config file (YAML or TOML) < environment (LORASWITCH_<KEY>) <
 CLI flags named exactly as the keys (``--lora_alpha 32``).
 """
+
 from __future__ import annotations
 
 import difflib
-import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,41 +24,75 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True, protected_namespaces=())
 
-    # --- seed hyperparameters (names and defaults from seed-hyperparameters.md)
-    lora_alpha: float = Field(64, gt=0, description="LoRA alpha; the update is scaled by lora_alpha / lora_r (or / sqrt(lora_r) with use_rslora).")
+    # --- seed hyperparameters: names and defaults of the original hyperparameter document (public schema)
+    lora_alpha: float = Field(
+        64,
+        gt=0,
+        description="LoRA alpha; the update is scaled by lora_alpha / lora_r (or / sqrt(lora_r) with use_rslora).",
+    )
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input, in [0, 1).")
     batch_size: int = Field(4, gt=0, description="Examples per micro-batch (global, over all devices).")
-    accumulation_steps: int = Field(4, gt=0, description="Micro-batches per optimizer step; a step sees batch_size x accumulation_steps examples.")
+    accumulation_steps: int = Field(
+        4, gt=0, description="Micro-batches per optimizer step; a step sees batch_size x accumulation_steps examples."
+    )
     n_steps: int = Field(500, gt=0, description="Stop after this many optimizer steps.")
     n_epochs: int = Field(500, gt=0, description="Stop after this many passes over the training split.")
-    learning_rate_multiplier: float = Field(2.5e-5, gt=0, description="Peak learning rate: lr(t) = learning_rate_multiplier x shape(t).")
-    training_split: float = Field(0.8, gt=0, lt=1, description="Fraction of the data that trains after one seeded shuffle; the rest validates.")
+    learning_rate_multiplier: float = Field(
+        2.5e-5, gt=0, description="Peak learning rate: lr(t) = learning_rate_multiplier x shape(t)."
+    )
+    training_split: float = Field(
+        0.8, gt=0, lt=1, description="Fraction of the data that trains after one seeded shuffle; the rest validates."
+    )
     stop_eval_loss: float = Field(0.01, ge=0, description="Stop when the eval loss drops below this.")
 
     # --- what a real run needs
     lora_r: int = Field(16, gt=0, description="LoRA rank.")
-    lora_target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1,
-                                           description="Linear layers that get LoRA, by module name.")
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        min_length=1,
+        description="Linear layers that get LoRA, by module name.",
+    )
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by lora_alpha / sqrt(lora_r).")
     max_seq_len: int = Field(1024, gt=1, description="Examples longer than this are truncated (and counted).")
     packing: bool = Field(False, description="Pack several examples into each max_seq_len row instead of padding.")
     seed: int = Field(0, ge=0, description="Seeds the split, the data order, LoRA init and dropout.")
-    eval_every: int = Field(50, gt=0, description="Evaluate on the validation split every this many steps (and at the end).")
-    save_every: int = Field(100, gt=0, description="Write a resumable checkpoint every this many steps (and at the end).")
-    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Shape of the learning rate: constant, or linear/cosine decay to 0 at n_steps after warmup.")
+    eval_every: int = Field(
+        50, gt=0, description="Evaluate on the validation split every this many steps (and at the end)."
+    )
+    save_every: int = Field(
+        100, gt=0, description="Write a resumable checkpoint every this many steps (and at the end)."
+    )
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant",
+        description="Shape of the learning rate: constant, or linear/cosine decay to 0 at n_steps after warmup.",
+    )
     warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to the peak over this many steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay on the LoRA weights.")
-    max_grad_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm to this (off when null).")
+    max_grad_norm: float | None = Field(
+        None, gt=0, description="Clip the global gradient norm to this (off when null)."
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU/TPU, fp32 on CPU.")
-    compile: Literal["auto", "true", "false"] = Field("auto", description="torch backend: torch.compile the step (auto: on CUDA only).")
-    mesh: dict[str, int] | None = Field(None, description="Device mesh {data: D, fsdp: F}: D x F devices (torch: processes), base weights sharded F ways; null: all data-parallel (docs/distributed.md).")
-    backend: str = Field("torch", description="Training backend: torch, jax, or one a plugin registers (`loraswitch backends`).")
-    model: str = Field("builtin:smollm2-135m", description="A local Hugging Face directory, builtin:smollm2-135m, or random:<shape>.")
+    compile: Literal["auto", "true", "false"] = Field(
+        "auto", description="torch backend: torch.compile the step (auto: on CUDA only)."
+    )
+    mesh: dict[str, int] | None = Field(
+        None,
+        description="Device mesh {data: D, fsdp: F}: D x F devices (torch: processes), base weights sharded F ways; "
+        "null: all data-parallel (docs/distributed.md).",
+    )
+    backend: str = Field(
+        "torch", description="Training backend: torch, jax, or one a plugin registers (`loraswitch backends`)."
+    )
+    model: str = Field(
+        "builtin:smollm2-135m", description="A local Hugging Face directory, builtin:smollm2-135m, or random:<shape>."
+    )
     data: str | None = Field(None, description="Training data, JSONL (messages, prompt/completion or text).")
     validation_data: str | None = Field(None, description="Separate validation JSONL; when set, all of data trains.")
     output_dir: str = Field("runs/run", description="The run directory.")
     log_every: int = Field(1, gt=0, description="Progress/metrics line every this many steps.")
-    eval_batches: int | None = Field(None, gt=0, description="Cap the number of validation micro-batches per eval (null: all).")
+    eval_batches: int | None = Field(
+        None, gt=0, description="Cap the number of validation micro-batches per eval (null: all)."
+    )
 
     @field_validator("lora_target_modules", mode="before")
     @classmethod
@@ -70,7 +105,12 @@ class Config(BaseModel):
     @classmethod
     def _no_bool_for_number(cls, v: Any, info: Any) -> Any:
         # pydantic reads true as 1; `batch_size: yes` in YAML is a mistake, not a batch of one.
-        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float, int | None, float | None):
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (
+            int,
+            float,
+            int | None,
+            float | None,
+        ):
             raise ValueError("must be a number, not true/false")
         return v
 
@@ -80,7 +120,7 @@ class Config(BaseModel):
         return str(v).lower() if isinstance(v, bool) else v
 
     @model_validator(mode="after")
-    def _limits(self) -> "Config":
+    def _limits(self) -> Config:
         if self.warmup_steps > self.n_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed n_steps ({self.n_steps})")
         return self
@@ -109,12 +149,14 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p}: config file is not UTF-8 text (byte {e.start})") from e
     if p.suffix == ".toml":
         import tomllib
+
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"{p}: invalid TOML: {e}") from e
     else:
         import yaml
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -131,19 +173,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def _parse_scalar(text: str) -> Any:
     """A value from the environment or the command line: JSON/YAML scalars, lists or plain strings."""
     import yaml
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
 
 
-def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    environ = os.environ if environ is None else environ
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    source: Mapping[str, str] = os.environ if environ is None else environ
     out = {}
     for key in KEYS:
         name = f"LORASWITCH_{key.upper()}"
-        if name in environ:
-            out[key] = _parse_scalar(environ[name])
+        if name in source:
+            out[key] = _parse_scalar(source[name])
     return out
 
 
@@ -191,8 +234,9 @@ def validate(values: dict[str, Any], origin: str = "config", origins: dict[str, 
         raise UserError(f"{origin}: {msg}") from None
 
 
-def resolve(config_file: str | Path | None = None, cli: dict[str, Any] | None = None,
-            environ: dict[str, str] | None = None) -> Config:
+def resolve(
+    config_file: str | Path | None = None, cli: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> Config:
     """Merge the sources in order (defaults < file < environment < CLI) and validate."""
     values: dict[str, Any] = {}
     origin = "config"
@@ -220,7 +264,3 @@ def _resolve_paths_relative_to(config: Config, base: Path, file_values: dict[str
             candidate = base / value
             if candidate.exists() or not Path(value).exists():
                 setattr(config, key, str(candidate))
-
-
-def to_json(config: Config) -> str:
-    return json.dumps(config.model_dump(), indent=2)

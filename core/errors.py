@@ -6,7 +6,3 @@ class UserError(Exception):
     file, key or plugin and the rule that was broken; it is shown without a traceback."""
 
     exit_code = 2
-
-
-class NonFiniteLoss(Exception):
-    """Raised by the engine when a step's loss is NaN or inf; the run stops with that reason."""

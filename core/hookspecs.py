@@ -4,17 +4,18 @@ A plugin is any module or object with functions marked ``@hookimpl`` (``from lor
 import hookimpl``). Built-in plugins are registered through the same path as third-party ones:
 ``core.plugins.DEFAULT_PLUGINS`` first, then the ``loraswitch`` entry-point group.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:  # types only: this module must import nothing heavy
     from pathlib import Path
 
-    from loraswitch.core.types import ModelSource
-    from loraswitch.core.types import RunContext
+    from loraswitch.core.types import ModelSource, RunContext
 
 hookspec = pluggy.HookspecMarker("loraswitch")
 

@@ -3,6 +3,7 @@
 ``LORASWITCH_PLUGINS=name1,name2`` limits which entry-point plugins load (empty string: none);
 ``LORASWITCH_TRACE_HOOKS=1`` prints every hook call.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -10,8 +11,9 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -94,11 +96,13 @@ def get_plugins() -> list[dict[str, Any]]:
     out = []
     for plugin in pm.get_plugins():
         name = pm.get_name(plugin)
-        out.append({
-            "name": name,
-            "version": _versions.get(name),
-            "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or []),
-        })
+        out.append(
+            {
+                "name": name,
+                "version": _versions.get(name or ""),
+                "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or []),
+            }
+        )
     return sorted(out, key=lambda p: p["name"])
 
 
@@ -130,18 +134,25 @@ def get_backends() -> dict[str, BackendInfo]:
     backends: dict[str, BackendInfo] = {}
     pm = get_plugin_manager()
     for impl in reversed(pm.hook.register_backends.get_hookimpls()):
-        def register(name: str, factory: Callable[[], Any], *, requires=(), extra=None, description="",
-                     _plugin=impl.plugin_name) -> None:
+
+        def register(
+            name: str, factory: Callable[[], Any], *, requires=(), extra=None, description="", _plugin=impl.plugin_name
+        ) -> None:
             if name in backends:
-                raise UserError(f'backend "{name}" is registered by both plugin "{backends[name].plugin}" '
-                                f'and plugin "{_plugin}"; uninstall one of them or limit plugins with LORASWITCH_PLUGINS')
+                raise UserError(
+                    f'backend "{name}" is registered by both plugin "{backends[name].plugin}" '
+                    f'and plugin "{_plugin}"; uninstall one of them or limit plugins with LORASWITCH_PLUGINS'
+                )
             backends[name] = BackendInfo(name, factory, _plugin, tuple(requires), extra, description)
+
         try:
             impl.function(register=register)
         except UserError:
             raise
         except Exception as e:
-            raise UserError(f'plugin "{impl.plugin_name}" raised in hook register_backends: {type(e).__name__}: {e}') from e
+            raise UserError(
+                f'plugin "{impl.plugin_name}" raised in hook register_backends: {type(e).__name__}: {e}'
+            ) from e
     return backends
 
 
@@ -153,9 +164,13 @@ def create_backend(name: str) -> Any:
         raise UserError(f"backend: unknown backend {name!r}; known backends: {known}")
     info = backends[name]
     if info.missing:
-        raise UserError(f"backend: {name!r} needs {', '.join(info.missing)}, which is not installed; "
-                        f"install it with: {info.install_hint}")
+        raise UserError(
+            f"backend: {name!r} needs {', '.join(info.missing)}, which is not installed; "
+            f"install it with: {info.install_hint}"
+        )
     try:
         return info.factory()
     except ImportError as e:
-        raise UserError(f"backend: {name!r} failed to import its framework ({e}); install it with: {info.install_hint}") from e
+        raise UserError(
+            f"backend: {name!r} failed to import its framework ({e}); install it with: {info.install_hint}"
+        ) from e

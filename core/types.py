@@ -2,6 +2,7 @@
 dataclasses, no framework types. ``TokenizedExample`` and ``Batch`` carry data, ``MicroStep`` is
 one forward/backward the engine asks for, ``ModelSource`` says what model to load, and
 ``RunContext`` is what observer plugins are told about the run in progress."""
+
 from __future__ import annotations
 
 import json
@@ -70,6 +71,7 @@ class MicroStep:
     micro: int
     window_size: int  # micro-batches in this window (the last window of an epoch may be shorter)
 
+
 @dataclass(frozen=True)
 class ModelSource:
     """A resolved model source.
@@ -89,6 +91,7 @@ class ModelSource:
     @property
     def config(self) -> dict[str, Any]:
         return json.loads((self.path / "config.json").read_text())
+
 
 @dataclass
 class RunContext:

@@ -1,11 +1,11 @@
 """Draws ``loss.png`` in the run directory when a run ends: training loss per step and the eval
 loss points, read back from metrics.jsonl so a resumed run's plot covers the whole run."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from loraswitch.core import hookimpl
-
 from loraswitch.plugins.metrics_file import read
 
 FILENAME = "loss.png"

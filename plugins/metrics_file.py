@@ -5,6 +5,7 @@ Events: ``start`` (step, resumed, backend, total_steps), ``step`` and ``eval`` (
 metrics dicts as they are), ``checkpoint`` (step, path relative to the run directory), ``end``
 (step, stop_reason). Non-finite numbers are written as null: JSON has no NaN.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,16 @@ def _plain(value: Any) -> Any:
 
 @hookimpl
 def on_run_start(run):
-    append(run.run_dir, {"event": "start", "step": run.start_step, "resumed": run.resumed,
-                         "backend": run.backend, "total_steps": run.total_steps})
+    append(
+        run.run_dir,
+        {
+            "event": "start",
+            "step": run.start_step,
+            "resumed": run.resumed,
+            "backend": run.backend,
+            "total_steps": run.total_steps,
+        },
+    )
 
 
 @hookimpl

@@ -1,13 +1,15 @@
 """Backend tests use importorskip so a partial install still runs what it can; this test makes
 sure the full set-up (`make test`) really has everything, so no test is silently skipped in CI."""
+
 import importlib
 import importlib.metadata
 
 import pytest
 
 
-@pytest.mark.parametrize("module", ["torch", "transformers", "peft", "jax", "flax", "optax", "hypothesis",
-                                    "loraswitch_numpy"])
+@pytest.mark.parametrize(
+    "module", ["torch", "transformers", "peft", "jax", "flax", "optax", "hypothesis", "loraswitch_numpy"]
+)
 def test_the_test_environment_has(module):
     importlib.import_module(module)
 

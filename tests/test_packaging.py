@@ -6,6 +6,7 @@ fresh venv gets only the wheel, and its dependencies are exposed to it as a dire
 to exactly the distributions the wheel declares (and theirs) -- so an undeclared dependency
 fails here, as it would for a user.
 """
+
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -39,7 +40,21 @@ def wheel(tmp_path_factory) -> Path:
         elif p.exists():
             shutil.copy2(p, src / name)
     dist = tmp_path_factory.mktemp("dist")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir", "-q", "-w", dist, src])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-cache-dir",
+            "-q",
+            "-w",
+            dist,
+            src,
+        ]
+    )
     (whl,) = dist.glob("loraswitch-*.whl")
     return whl
 
@@ -50,17 +65,26 @@ def test_wheel_lays_out_the_namespace(wheel):
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         entry_points = z.read(f"{dist_info}/entry_points.txt").decode()
         metadata = z.read(f"{dist_info}/METADATA").decode()
-    for must in ("loraswitch/core/__init__.py", "loraswitch/core/hookspecs.py", "loraswitch/core/cli/app.py",
-                 "loraswitch/backends/torch_peft/__init__.py", "loraswitch/plugins/metrics_file.py",
-                 "loraswitch/plugins/progress.py", "loraswitch/plugins/loss_plot.py"):
+    for must in (
+        "loraswitch/core/__init__.py",
+        "loraswitch/core/hookspecs.py",
+        "loraswitch/core/cli/app.py",
+        "loraswitch/backends/torch_peft/__init__.py",
+        "loraswitch/plugins/metrics_file.py",
+        "loraswitch/plugins/progress.py",
+        "loraswitch/plugins/loss_plot.py",
+    ):
         assert must in names, must
     assert "loraswitch/__init__.py" not in names  # loraswitch is a namespace package
     assert not {n.split("/")[0] for n in names} & {"core", "backends", "plugins", "tests", "examples"}
     assert "loraswitch = loraswitch.core.cli:main" in entry_points
     for dep in ("pluggy", "pydantic", "safetensors", "numpy", "rich", "matplotlib"):
         assert f"Requires-Dist: {dep}" in metadata, dep
-    assert "torch" not in [line.split()[1].split(">")[0] for line in metadata.splitlines()
-                          if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    assert "torch" not in [
+        line.split()[1].split(">")[0]
+        for line in metadata.splitlines()
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
 
 
 def _declared_closure(dist_name: str) -> list[md.Distribution]:
@@ -116,11 +140,13 @@ def _clean_env() -> dict[str, str]:
 
 
 def test_wheel_imports_from_a_fresh_venv(venv, tmp_path):
-    code = ("import loraswitch.core, loraswitch.backends.torch_peft, loraswitch.plugins.progress, sys; "
-            "from loraswitch.core import plugins; "
-            "print(loraswitch.core.__file__); print(loraswitch.plugins.progress.__file__); "
-            "print(sorted(plugins.get_backends())); "
-            "print([m for m in ('torch', 'jax', 'flax') if m in sys.modules])")
+    code = (
+        "import loraswitch.core, loraswitch.backends.torch_peft, loraswitch.plugins.progress, sys; "
+        "from loraswitch.core import plugins; "
+        "print(loraswitch.core.__file__); print(loraswitch.plugins.progress.__file__); "
+        "print(sorted(plugins.get_backends())); "
+        "print([m for m in ('torch', 'jax', 'flax') if m in sys.modules])"
+    )
     out = run([venv / "bin" / "python", "-c", code], cwd=tmp_path, env=_clean_env()).stdout.splitlines()
     site = str(venv.resolve())
     assert out[0].startswith(site) and out[1].startswith(site), out  # from the wheel, not the checkout
@@ -131,3 +157,35 @@ def test_wheel_imports_from_a_fresh_venv(venv, tmp_path):
 def test_console_script_runs(venv, tmp_path):
     out = run([venv / "bin" / "loraswitch", "--help"], cwd=tmp_path, env=_clean_env())
     assert "usage" in out.stdout.lower() and "train" in out.stdout
+
+
+def test_every_package_directory_is_listed_in_pyproject():
+    """setuptools installs only the packages pyproject.toml lists: a new subpackage left out of
+    the list would be missing from every wheel (and work in the editable checkout, hiding it)."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for top, package in (
+        ("core", "loraswitch.core"),
+        ("backends", "loraswitch.backends"),
+        ("plugins", "loraswitch.plugins"),
+    ):
+        for init in (REPO / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / top).parts
+            found.add(".".join((package, *rel)))
+    assert found - listed == set(), f"add these to [tool.setuptools] packages: {sorted(found - listed)}"
+    assert listed - found <= {"loraswitch.backends"}, (
+        f"listed but not on disk: {sorted(listed - found - {'loraswitch.backends'})}"
+    )
+
+
+def test_the_version_has_one_source():
+    """pyproject.toml reads the version from loraswitch.core.__version__ (setuptools dynamic)."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    from loraswitch import core
+
+    assert md.version("loraswitch") == core.__version__

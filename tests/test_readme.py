@@ -1,4 +1,5 @@
 """The README is part of the contract: its config table must list every key with its default."""
+
 import sys
 from pathlib import Path
 

@@ -1,7 +1,8 @@
 """Print the README's config reference table from the schema (tests/test_readme.py keeps them equal).
 
-    python tools/config_table.py
+python tools/config_table.py
 """
+
 import json
 
 from loraswitch.core.config import Config

@@ -3,6 +3,7 @@
 Registered through the same hook as third-party backends. Nothing here imports jax: the
 factory imports the backend module only once ``--backend jax`` is chosen.
 """
+
 from loraswitch.core import hookimpl
 
 
@@ -14,5 +15,10 @@ def _create():
 
 @hookimpl
 def register_backends(register):
-    register("jax", _create, requires=("jax", "flax", "optax"), extra="jax",
-             description="Flax NNX Llama + hand-written LoRA, optax.MultiSteps; bf16 + cuDNN attention on GPU")
+    register(
+        "jax",
+        _create,
+        requires=("jax", "flax", "optax"),
+        extra="jax",
+        description="Flax NNX Llama + hand-written LoRA, optax.MultiSteps; bf16 + cuDNN attention on GPU",
+    )

@@ -6,6 +6,7 @@ adapter_model.safetensors holds, per layer and targeted linear,
 and split per layer. adapter_config.json carries the keys peft has read since 0.13 (newer keys
 such as ``peft_version`` are left out so older peft versions still load it).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from loraswitch.core.errors import UserError
-from loraswitch.core.files.json_file import read_json_object
-
 from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, LlamaSpec
 from loraswitch.backends.jax_flax.weights import SafetensorsFiles
+from loraswitch.core.errors import UserError
+from loraswitch.core.files.json_file import read_json_object
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -33,8 +33,9 @@ def state_name(name: str, which: str) -> str:
     return f"layers/{LINEAR_PARENT[name]}/{name}/lora_{which.lower()}"
 
 
-def peft_config(*, r: int, alpha: float, dropout: float, targets: list[str], use_rslora: bool,
-                base_model: str | None) -> dict[str, Any]:
+def peft_config(
+    *, r: int, alpha: float, dropout: float, targets: list[str], use_rslora: bool, base_model: str | None
+) -> dict[str, Any]:
     return {
         "alpha_pattern": {},
         "auto_mapping": None,
@@ -80,16 +81,22 @@ def save_adapter(directory: Path, lora: dict[str, np.ndarray], spec: LlamaSpec, 
 
 
 def read_adapter_config(directory: Path) -> dict[str, Any]:
-    return read_json_object(directory / CONFIG_FILE,
-                            if_missing=f"a PEFT adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+    return read_json_object(
+        directory / CONFIG_FILE, if_missing=f"a PEFT adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
+    )
 
 
 def adapter_targets(config: dict[str, Any], file: Path) -> list[str]:
     """The targeted linear names of a PEFT LoRA config, refusing what this model cannot apply."""
     if config.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{file}: peft_type {config.get('peft_type')!r} is not LORA")
-    for key, ok in (("use_dora", False), ("fan_in_fan_out", False), ("bias", "none"),
-                    ("layers_to_transform", None), ("modules_to_save", None)):
+    for key, ok in (
+        ("use_dora", False),
+        ("fan_in_fan_out", False),
+        ("bias", "none"),
+        ("layers_to_transform", None),
+        ("modules_to_save", None),
+    ):
         if config.get(key, ok) not in (ok, [] if ok is None else ok):
             raise UserError(f"{file}: {key} = {config[key]!r} is not supported by the jax backend (expected {ok!r})")
     for key in ("rank_pattern", "alpha_pattern"):
@@ -127,6 +134,8 @@ def load_adapter_arrays(directory: Path, spec: LlamaSpec, targets: list[str], r:
         out[state_name(name, "A")], out[state_name(name, "B")] = a, b
     extra = sorted(set(tensors.names()) - expected)
     if extra:
-        raise UserError(f"{file}: unexpected tensor {extra[0]!r} ({len(extra)} in all); the adapter does not match "
-                        f"this model's {spec.num_layers} layers and target_modules {targets}")
+        raise UserError(
+            f"{file}: unexpected tensor {extra[0]!r} ({len(extra)} in all); the adapter does not match "
+            f"this model's {spec.num_layers} layers and target_modules {targets}"
+        )
     return out

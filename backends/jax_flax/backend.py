@@ -14,6 +14,7 @@ so saving and loading see whole arrays whatever the device count.
 
 Try it: ``loraswitch train examples/quickstart.yaml --backend jax``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,25 +30,30 @@ import numpy as np
 import optax
 from flax import nnx
 
-from loraswitch.core.training.parallel import check_divisible
-from loraswitch.core.errors import UserError
-
 from loraswitch.backends.jax_flax import adapter as peft_format
-from loraswitch.backends.jax_flax import processes
-from loraswitch.backends.jax_flax import optimizer
+from loraswitch.backends.jax_flax import optimizer, processes
 from loraswitch.backends.jax_flax.lora import init_lora_a, lora_scaling
 from loraswitch.backends.jax_flax.model import Llama, empty_cache
 from loraswitch.backends.jax_flax.options import choose_options
-from loraswitch.backends.jax_flax.sharding import Layout, gather_where_read, inference_layout, make_layout, put_rows, replicate, to_host
+from loraswitch.backends.jax_flax.sharding import (
+    Layout,
+    gather_where_read,
+    inference_layout,
+    make_layout,
+    put_rows,
+    replicate,
+    to_host,
+)
 from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, spec_from_config
 from loraswitch.backends.jax_flax.steps import Statics, compiled_functions
 from loraswitch.backends.jax_flax.trees import named_leaves, replace_leaves
 from loraswitch.backends.jax_flax.weights import load_weights, random_weights
+from loraswitch.core.errors import UserError
+from loraswitch.core.training.parallel import check_divisible
 
 if TYPE_CHECKING:
-    from loraswitch.core.types import Batch, MicroStep
     from loraswitch.core.config import Config
-    from loraswitch.core.types import ModelSource
+    from loraswitch.core.types import Batch, MicroStep, ModelSource
 
 REMAT_VAR = "LORASWITCH_JAX_REMAT"  # options.py
 _GENERATE_BUCKET = 64  # prompt and cache lengths are rounded up to this, so generate compiles rarely
@@ -58,8 +64,10 @@ def resolve_targets(modules: list[str]) -> list[str]:
         return sorted(LINEAR_PARENT)
     unknown = [m for m in modules if m not in LINEAR_PARENT]
     if unknown:
-        raise UserError(f"lora_target_modules: {unknown} are not linear layers of a Llama block; "
-                        f"choose from {', '.join(LINEAR_PARENT)} (or all-linear)")
+        raise UserError(
+            f"lora_target_modules: {unknown} are not linear layers of a Llama block; "
+            f"choose from {', '.join(LINEAR_PARENT)} (or all-linear)"
+        )
     return sorted(set(modules))
 
 
@@ -94,23 +102,42 @@ class JaxBackend:
         self.communicator = processes.JaxCommunicator(self.layout.size)
         self.device = jax.local_devices()[0]
         self.options = choose_options(self.device.platform, config.precision, self.spec.head_dim)
-        if self.layout.fsdp > 1 and self.options.remat == "none" and os.environ.get(REMAT_VAR, "auto").strip() in ("", "auto"):
+        if (
+            self.layout.fsdp > 1
+            and self.options.remat == "none"
+            and os.environ.get(REMAT_VAR, "auto").strip() in ("", "auto")
+        ):
             # Without remat the backward pass keeps every layer's all-gathered weights: the whole
             # model on each device. With it each layer's weights are gathered again when needed.
             self.options = dataclasses.replace(self.options, remat="dots")
         self.rank = config.lora_r
         dtype = jnp.dtype(self.options.dtype)
-        weights = (random_weights(self.spec, dtype, model.init_seed, self.layout) if model.random_init
-                   else load_weights(model.path, self.spec, dtype, self.layout))
+        weights = (
+            random_weights(self.spec, dtype, model.init_seed, self.layout)
+            if model.random_init
+            else load_weights(model.path, self.spec, dtype, self.layout)
+        )
         lora = replicate(self._init_lora(config.seed), self.layout)
-        module = Llama(self.spec, self.options, weights, lora,
-                       scaling=lora_scaling(config.lora_alpha, config.lora_r, config.use_rslora),
-                       dropout_rate=config.lora_dropout)
+        module = Llama(
+            self.spec,
+            self.options,
+            weights,
+            lora,
+            scaling=lora_scaling(config.lora_alpha, config.lora_r, config.use_rslora),
+            dropout_rate=config.lora_dropout,
+        )
         gather_where_read(module, self.layout)
         self.graphdef, self.lora, self.frozen = nnx.split(module, nnx.LoRAParam, ...)
         del module, weights, lora
-        statics = Statics(self.graphdef, config.seed, self.options.prng, config.lora_dropout,
-                          config.weight_decay, config.max_grad_norm, self.layout)
+        statics = Statics(
+            self.graphdef,
+            config.seed,
+            self.options.prng,
+            config.lora_dropout,
+            config.weight_decay,
+            config.max_grad_norm,
+            self.layout,
+        )
         self.fn = compiled_functions(statics)
         init = optimizer.accumulate(self.fn.inner_tx, 1).init
         self.opt_state = jax.jit(init, out_shardings=self.layout.replicated)(self.lora) if train else None
@@ -123,8 +150,10 @@ class JaxBackend:
         except UserError as e:
             if config.mesh is not None or jax.process_count() > 1:
                 raise
-            raise UserError(f"{e} (mesh: null trains on all {self.layout.size} devices jax sees; to use fewer, "
-                            "hide the others, e.g. CUDA_VISIBLE_DEVICES=0)") from None
+            raise UserError(
+                f"{e} (mesh: null trains on all {self.layout.size} devices jax sees; to use fewer, "
+                "hide the others, e.g. CUDA_VISIBLE_DEVICES=0)"
+            ) from None
 
     def _init_lora(self, seed: int) -> dict[str, tuple[jax.Array, jax.Array]]:
         """peft's init: A uniform(+-1/sqrt(in)), B zero, so training starts from the base model."""
@@ -133,8 +162,10 @@ class JaxBackend:
         for i, (name, (n_in, n_out)) in enumerate(self.spec.linear_dims().items()):
             if name in self.targets:
                 L = self.spec.num_layers
-                out[name] = (init_lora_a(jax.random.fold_in(root, i), (L, n_in, self.rank)),
-                             jnp.zeros((L, self.rank, n_out), jnp.float32))
+                out[name] = (
+                    init_lora_a(jax.random.fold_in(root, i), (L, n_in, self.rank)),
+                    jnp.zeros((L, self.rank, n_out), jnp.float32),
+                )
         return out
 
     def _require(self, train: bool = False) -> None:
@@ -149,12 +180,21 @@ class JaxBackend:
         self._require(train=True)
         # The core decides the windows; MultiSteps counts them itself. Check they agree (host only, no sync).
         if micro.micro != self._next_micro or micro.apply_update != (micro.micro == micro.window_size - 1):
-            raise RuntimeError(f"accumulation out of step: core sent micro {micro.micro}/{micro.window_size} "
-                               f"(apply_update={micro.apply_update}), backend expected micro {self._next_micro}")
+            raise RuntimeError(
+                f"accumulation out of step: core sent micro {micro.micro}/{micro.window_size} "
+                f"(apply_update={micro.apply_update}), backend expected micro {self._next_micro}"
+            )
         self.lora, self.opt_state, loss = self.fn.micro_step(
-            self.lora, self.opt_state, self.frozen, *put_rows(micro.batch, self.layout),
-            np.float32(micro.weight), np.float32(micro.lr), np.int32(micro.window_size),
-            np.int32(micro.step), np.int32(micro.micro))
+            self.lora,
+            self.opt_state,
+            self.frozen,
+            *put_rows(micro.batch, self.layout),
+            np.float32(micro.weight),
+            np.float32(micro.lr),
+            np.int32(micro.window_size),
+            np.int32(micro.step),
+            np.int32(micro.micro),
+        )
         self._next_micro = 0 if micro.apply_update else micro.micro + 1
         return loss
 
@@ -167,10 +207,18 @@ class JaxBackend:
         self._require()
         ids, mask, _ = put_rows(batch, self.layout)
         logits = np.asarray(self.fn.logits(self.lora, self.frozen, ids, mask), np.float32)
-        return logits[:batch.input_ids.shape[0]]  # without the filler rows put_rows may add
+        return logits[: batch.input_ids.shape[0]]  # without the filler rows put_rows may add
 
-    def generate(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
+    def generate(
+        self,
+        prompt_ids: list[int],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop_ids: tuple[int, ...] = (),
+    ) -> list[int]:
         """New tokens after the prompt, without the stop token that ended generation."""
         self._require()
         if not prompt_ids:
@@ -185,8 +233,17 @@ class JaxBackend:
         cache = _empty_cache(self.spec, jnp.dtype(self.options.dtype), length, self.layout.replicated)()
         root = jax.random.PRNGKey(seed)
         temperature, top_p = np.float32(temperature), np.float32(top_p)
-        token, cache = self.fn.extend(self.lora, self.frozen, cache, ids, np.int32(0), np.int32(n - 1),
-                                    jax.random.fold_in(root, 0), temperature, top_p)
+        token, cache = self.fn.extend(
+            self.lora,
+            self.frozen,
+            cache,
+            ids,
+            np.int32(0),
+            np.int32(n - 1),
+            jax.random.fold_in(root, 0),
+            temperature,
+            top_p,
+        )
         out: list[int] = []
         for i in range(max_new_tokens):
             t = int(token)
@@ -195,9 +252,17 @@ class JaxBackend:
             out.append(t)
             if i + 1 == max_new_tokens:
                 break
-            token, cache = self.fn.extend(self.lora, self.frozen, cache, np.array([[t]], np.int32),
-                                        np.int32(n + i), np.int32(0), jax.random.fold_in(root, i + 1),
-                                        temperature, top_p)
+            token, cache = self.fn.extend(
+                self.lora,
+                self.frozen,
+                cache,
+                np.array([[t]], np.int32),
+                np.int32(n + i),
+                np.int32(0),
+                jax.random.fold_in(root, i + 1),
+                temperature,
+                top_p,
+            )
         return out
 
     # ------------------------------------------------------------------ adapters and state
@@ -205,9 +270,14 @@ class JaxBackend:
     def save_adapter(self, directory: Path) -> None:
         self._require()
         lora = {name: to_host(v) for name, v in named_leaves(self.lora).items()}
-        config = peft_format.peft_config(r=self.rank, alpha=self.config.lora_alpha, dropout=self.config.lora_dropout,
-                                         targets=self.targets, use_rslora=self.config.use_rslora,
-                                         base_model=self.source.name)
+        config = peft_format.peft_config(
+            r=self.rank,
+            alpha=self.config.lora_alpha,
+            dropout=self.config.lora_dropout,
+            targets=self.targets,
+            use_rslora=self.config.use_rslora,
+            base_model=self.source.name,
+        )
         peft_format.save_adapter(Path(directory), lora, self.spec, config)
 
     def load_adapter(self, directory: Path) -> None:
@@ -221,14 +291,21 @@ class JaxBackend:
         defaults = {"r": 8, "lora_alpha": 8, "use_rslora": False}  # peft's defaults for absent keys
         for key, value in ours.items():
             theirs = config.get(key, defaults[key])
-            same = theirs == value if isinstance(value, bool) else (
-                isinstance(theirs, (int, float)) and math.isclose(theirs, value))
+            same = (
+                theirs == value
+                if isinstance(value, bool)
+                else (isinstance(theirs, (int, float)) and math.isclose(theirs, value))
+            )
             if not same:
-                raise UserError(f"{file}: {key} = {theirs!r} but this run has {keys[key]} = {value!r}; "
-                                f"set {keys[key]} to {theirs!r} to use this adapter")
+                raise UserError(
+                    f"{file}: {key} = {theirs!r} but this run has {keys[key]} = {value!r}; "
+                    f"set {keys[key]} to {theirs!r} to use this adapter"
+                )
         if targets != self.targets:
-            raise UserError(f"{file}: target_modules = {targets} but this run has lora_target_modules = "
-                            f"{self.targets}; set lora_target_modules to match the adapter")
+            raise UserError(
+                f"{file}: target_modules = {targets} but this run has lora_target_modules = "
+                f"{self.targets}; set lora_target_modules to match the adapter"
+            )
         arrays = peft_format.load_adapter_arrays(directory, self.spec, targets, self.rank)
         self.lora = replace_leaves(self.lora, replicate(arrays, self.layout))
 
@@ -237,9 +314,14 @@ class JaxBackend:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = jax.tree.map(to_host, self.opt_state)  # whole arrays: replicated, so no collective
-        meta = {"backend": self.name, "seed": self.config.seed, "mini_step": int(state.mini_step),
-                "gradient_step": int(state.gradient_step), "dropout_prng": self.options.prng,
-                "versions": self._versions()}
+        meta = {
+            "backend": self.name,
+            "seed": self.config.seed,
+            "mini_step": int(state.mini_step),
+            "gradient_step": int(state.gradient_step),
+            "dropout_prng": self.options.prng,
+            "versions": self._versions(),
+        }
         if meta["mini_step"] != self._next_micro:
             raise RuntimeError(f"optimizer is at micro {meta['mini_step']} but the backend counted {self._next_micro}")
         optimizer.save_state(directory, state, meta)
@@ -265,7 +347,9 @@ class JaxBackend:
             "backend": self.name,
             "framework": f"jax {jax.__version__} + flax {self._versions()['flax']} + optax {optax.__version__}",
             **self._versions(),
-            "device": self.device.platform if self.device.platform == "cpu" else f"{self.device.platform} ({self.device.device_kind})",
+            "device": self.device.platform
+            if self.device.platform == "cpu"
+            else f"{self.device.platform} ({self.device.device_kind})",
             "device_count": self.layout.size,
             "processes": jax.process_count(),
             "parallel": self.layout.describe(),
@@ -277,8 +361,11 @@ class JaxBackend:
             "params_total": trainable + frozen,
             "params_trainable": trainable,
         }
-        peaks = [stats["peak_bytes_in_use"] for stats in map(_memory_stats, jax.local_devices())
-                 if stats and "peak_bytes_in_use" in stats]
+        peaks = [
+            stats["peak_bytes_in_use"]
+            for stats in map(_memory_stats, jax.local_devices())
+            if stats and "peak_bytes_in_use" in stats
+        ]
         if peaks:
             facts["peak_memory_bytes"] = int(max(peaks))  # of the busiest device
         return facts

@@ -12,10 +12,11 @@ LoRA B products and their additions to the base outputs disappear into that one 
 read once instead of three times, and in backward one product gives the input gradient of all
 of them (docs/bench/NOTES.md has what it was predicted to save and what it saved).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +51,7 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
         return x
     if rate >= 1.0:
         return jnp.zeros_like(x)
-    threshold = np.uint32(min(round(rate * 2.0 ** 32), 2 ** 32 - 1))
+    threshold = np.uint32(min(round(rate * 2.0**32), 2**32 - 1))
     keep = jax.random.bits(key, x.shape, jnp.uint32) >= threshold
     return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros((), x.dtype))
 
@@ -58,8 +59,15 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
 class LoRALinear(nnx.Module):
     """One (possibly layer-stacked) linear; with ``lora_a is None`` it is a plain frozen linear."""
 
-    def __init__(self, kernel: jax.Array, lora_a: jax.Array | None = None, lora_b: jax.Array | None = None,
-                 *, scaling: float = 1.0, dropout_rate: float = 0.0):
+    def __init__(
+        self,
+        kernel: jax.Array,
+        lora_a: jax.Array | None = None,
+        lora_b: jax.Array | None = None,
+        *,
+        scaling: float = 1.0,
+        dropout_rate: float = 0.0,
+    ):
         self.kernel = nnx.Param(kernel)
         self.lora_a = nnx.LoRAParam(lora_a) if lora_a is not None else None
         self.lora_b = nnx.LoRAParam(lora_b) if lora_b is not None else None
@@ -79,8 +87,7 @@ class LoRALinear(nnx.Module):
         return y + (dropout(x, self.dropout_rate, key) @ a) @ self.scaled_b(x.dtype)
 
 
-def fused_projections(x: jax.Array, linears: Sequence[LoRALinear],
-                      keys: Sequence[jax.Array | None]) -> list[jax.Array]:
+def fused_projections(x: jax.Array, linears: Sequence[LoRALinear], keys: Sequence[jax.Array | None]) -> list[jax.Array]:
     """``[linear(x, key) for linear, key in zip(linears, keys)]`` as one matrix product.
 
     Each LoRA layer keeps its own dropout mask (peft draws one per module), so the x @ A
@@ -95,8 +102,9 @@ def fused_projections(x: jax.Array, linears: Sequence[LoRALinear],
         if all(key is None or lin.dropout_rate == 0.0 for lin, key in lora):
             xa = x @ jnp.concatenate([lin.lora_a[...].astype(x.dtype) for lin, _ in lora], axis=-1)
         else:
-            xa = jnp.concatenate([dropout(x, lin.dropout_rate, key) @ lin.lora_a[...].astype(x.dtype)
-                                  for lin, key in lora], axis=-1)
+            xa = jnp.concatenate(
+                [dropout(x, lin.dropout_rate, key) @ lin.lora_a[...].astype(x.dtype) for lin, key in lora], axis=-1
+            )
         b_rows = _block_rows(linears, widths, x.dtype)
         y = lora_matmul(x, xa, kernel, b_rows)
     y = checkpoint_name(y, FUSED_NAME)

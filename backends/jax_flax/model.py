@@ -9,6 +9,7 @@ Attention is ``jax.nn.dot_product_attention``: the cuDNN kernel on GPU (causal o
 padding, real tokens never attend to the pad tokens after them, and pad positions carry no loss),
 XLA's elsewhere (causal plus a key-padding mask, so even pad positions match HF's logits).
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -19,12 +20,11 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from loraswitch.core.types import IGNORE_INDEX
-
 from loraswitch.backends.jax_flax.lora import FUSED_NAME, LoRALinear, fused_projections
 from loraswitch.backends.jax_flax.options import Options
 from loraswitch.backends.jax_flax.rope import apply_rope, cos_sin, inv_frequencies
 from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, LlamaSpec
+from loraswitch.core.types import IGNORE_INDEX
 
 Cache = tuple[jax.Array, jax.Array]  # keys, values [layers, B, S, kv_heads, head_dim]
 
@@ -113,8 +113,14 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
     """All decoder layers at once: every array has a leading [layers] axis until scanned."""
 
-    def __init__(self, spec: LlamaSpec, options: Options, input_layernorm, post_attention_layernorm,
-                 linears: dict[str, LoRALinear]):
+    def __init__(
+        self,
+        spec: LlamaSpec,
+        options: Options,
+        input_layernorm,
+        post_attention_layernorm,
+        linears: dict[str, LoRALinear],
+    ):
         self.input_layernorm = nnx.Param(input_layernorm)
         self.post_attention_layernorm = nnx.Param(post_attention_layernorm)
         self.self_attn = Attention(spec, options, linears)
@@ -123,8 +129,9 @@ class Block(nnx.Module):
 
     def __call__(self, x, cos, sin, key_mask, key, cache, start):
         keys = None if key is None else [jax.random.fold_in(key, i) for i in range(7)]
-        attn, new_cache = self.self_attn(rms_norm(x, self.input_layernorm[...], self.eps),
-                                         cos, sin, key_mask, keys, cache, start)
+        attn, new_cache = self.self_attn(
+            rms_norm(x, self.input_layernorm[...], self.eps), cos, sin, key_mask, keys, cache, start
+        )
         x = x + attn
         x = x + self.mlp(rms_norm(x, self.post_attention_layernorm[...], self.eps), keys)
         return x, new_cache
@@ -145,7 +152,8 @@ def _remat(fn, policy: str):
     if policy == "dots+fused":  # the fused products' outputs too (their dots sit inside a custom VJP)
         both = jax.checkpoint_policies.save_from_both_policies(
             jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-            jax.checkpoint_policies.save_only_these_names(FUSED_NAME))
+            jax.checkpoint_policies.save_only_these_names(FUSED_NAME),
+        )
         return jax.checkpoint(fn, prevent_cse=False, policy=both)
     names = policy.removeprefix("names:").split(",")
     return jax.checkpoint(fn, prevent_cse=False, policy=jax.checkpoint_policies.save_only_these_names(*names))
@@ -159,8 +167,16 @@ class Llama(nnx.Module):
     [L, in, out] kernel per linear. ``lora`` maps targeted linear names to (A [L, in, r], B [L, r, out]).
     """
 
-    def __init__(self, spec: LlamaSpec, options: Options, weights: dict[str, jax.Array],
-                 lora: dict[str, tuple[jax.Array, jax.Array]], *, scaling: float, dropout_rate: float):
+    def __init__(
+        self,
+        spec: LlamaSpec,
+        options: Options,
+        weights: dict[str, jax.Array],
+        lora: dict[str, tuple[jax.Array, jax.Array]],
+        *,
+        scaling: float,
+        dropout_rate: float,
+    ):
         self.spec, self.options = spec, options
         self.embed_tokens = nnx.Param(weights["embed_tokens"])
         self.norm = nnx.Param(weights["norm"])
@@ -175,9 +191,15 @@ class Llama(nnx.Module):
     def dtype(self):
         return jnp.dtype(self.options.dtype)
 
-    def hidden_states(self, input_ids: jax.Array, key_mask: jax.Array | None = None, *,
-                      dropout_key: jax.Array | None = None, cache: Cache | None = None,
-                      start: Any = 0) -> tuple[jax.Array, Cache | None]:
+    def hidden_states(
+        self,
+        input_ids: jax.Array,
+        key_mask: jax.Array | None = None,
+        *,
+        dropout_key: jax.Array | None = None,
+        cache: Cache | None = None,
+        start: Any = 0,
+    ) -> tuple[jax.Array, Cache | None]:
         """Final-norm hidden states [B, T, d]; with ``cache``, positions start at ``start``."""
         T = input_ids.shape[1]
         x = self.embed_tokens[...][input_ids]

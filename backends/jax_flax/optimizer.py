@@ -9,6 +9,7 @@
   micro-step (a traced argument), so the short last window of an epoch is followed exactly.
 - State checkpoints are safetensors (leaves under '/'-joined names) + JSON, checked name by name.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from loraswitch.backends.jax_flax.trees import named_leaves, replace_leaves
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.json_file import read_json_object
-
-from loraswitch.backends.jax_flax.trees import named_leaves, replace_leaves
 
 STATE_FILE = "jax_optimizer.safetensors"
 META_FILE = "jax_optimizer.json"
@@ -31,8 +31,9 @@ FORMAT = "loraswitch-jax-optimizer/1"
 
 
 def inner_optimizer(weight_decay: float, max_grad_norm: float | None) -> optax.GradientTransformation:
-    adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-8,
-                                                  weight_decay=weight_decay)
+    adamw = optax.inject_hyperparams(optax.adamw)(
+        learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay
+    )
     if max_grad_norm:
         return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
     return adamw
@@ -45,7 +46,9 @@ def accumulate(inner: optax.GradientTransformation, window_size) -> optax.MultiS
 
 def _with_lr(inject_state, lr):
     hyper = inject_state.hyperparams
-    return inject_state._replace(hyperparams={**hyper, "learning_rate": jnp.asarray(lr, jnp.asarray(hyper["learning_rate"]).dtype)})
+    return inject_state._replace(
+        hyperparams={**hyper, "learning_rate": jnp.asarray(lr, jnp.asarray(hyper["learning_rate"]).dtype)}
+    )
 
 
 def set_learning_rate(state: optax.MultiStepsState, lr) -> optax.MultiStepsState:
@@ -70,7 +73,9 @@ def read_meta(directory: Path) -> dict[str, Any]:
     file = directory / META_FILE
     if not file.is_file():
         others = sorted(p.name for p in directory.glob("*optim*")) if directory.is_dir() else []
-        hint = f" (found {', '.join(others)}: was it written by another backend? resume with that one)" if others else ""
+        hint = (
+            f" (found {', '.join(others)}: was it written by another backend? resume with that one)" if others else ""
+        )
         raise UserError(f"{file}: missing; the jax backend's optimizer state is not in this checkpoint{hint}")
     meta = read_json_object(file)
     if meta.get("format") != FORMAT:
@@ -94,13 +99,17 @@ def load_state(directory: Path, template: Any) -> Any:
     expected = named_leaves(template)
     for name in expected:
         if name not in arrays:
-            raise UserError(f"{file}: key {name!r} is missing; the checkpoint was written for another LoRA "
-                            f"configuration (lora_r, lora_target_modules, max_grad_norm)")
+            raise UserError(
+                f"{file}: key {name!r} is missing; the checkpoint was written for another LoRA "
+                f"configuration (lora_r, lora_target_modules, max_grad_norm)"
+            )
         want = jnp.asarray(expected[name])
         got = arrays[name]
         if tuple(got.shape) != tuple(want.shape) or np.dtype(got.dtype) != np.dtype(want.dtype):
-            raise UserError(f"{file}: key {name!r} has shape {list(got.shape)} {got.dtype}, the model needs "
-                            f"{list(want.shape)} {want.dtype}; the checkpoint was written for another configuration")
+            raise UserError(
+                f"{file}: key {name!r} has shape {list(got.shape)} {got.dtype}, the model needs "
+                f"{list(want.shape)} {want.dtype}; the checkpoint was written for another configuration"
+            )
     extra = sorted(set(arrays) - set(expected))
     if extra:
         raise UserError(f"{file}: unexpected key {extra[0]!r}; the checkpoint was written for another configuration")

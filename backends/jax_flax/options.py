@@ -18,6 +18,7 @@ They change speed and memory, never the loss (beyond bf16 rounding), so they are
                              gate,up) and each LoRA B product run as one matrix product
                              (lora.fused_projections); off: one product per linear and per B
 """
+
 from __future__ import annotations
 
 import os
@@ -61,7 +62,9 @@ def choose_options(platform: str, precision: str, head_dim: int = 64) -> Options
     if remat == "auto":
         remat = "dots" if accelerator else "none"
     if remat not in ("none", "dots", "dots+fused", "full") and not remat.startswith("names:"):
-        raise UserError(f"LORASWITCH_JAX_REMAT={remat!r}: expected auto, none, dots, dots+fused, full or names:{','.join(REMAT_NAMES)}")
+        raise UserError(
+            f"LORASWITCH_JAX_REMAT={remat!r}: expected auto, none, dots, dots+fused, full or names:{','.join(REMAT_NAMES)}"
+        )
     for name in remat.removeprefix("names:").split(",") if remat.startswith("names:") else ():
         if name not in REMAT_NAMES:
             raise UserError(f"LORASWITCH_JAX_REMAT: unknown name {name!r}; names: {', '.join(REMAT_NAMES)}")

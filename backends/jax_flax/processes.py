@@ -9,6 +9,7 @@ launch is the same command on every host, with the coordinator in the environmen
 ``LORASWITCH_JAX_DISTRIBUTED=1`` without those lets jax detect the cluster itself (Slurm, Open
 MPI, Cloud TPU). Neither set: one process, which may still drive every device of its host.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,10 @@ def initialize() -> None:
     try:
         jax.distributed.initialize(coordinator_address=address, num_processes=num_processes, process_id=process_id)
     except (RuntimeError, ValueError, TypeError) as e:
-        raise UserError(f"jax.distributed.initialize (JAX_COORDINATOR_ADDRESS={address}, JAX_NUM_PROCESSES="
-                        f"{num_processes}, JAX_PROCESS_ID={process_id}): {str(e).splitlines()[0]}") from e
+        raise UserError(
+            f"jax.distributed.initialize (JAX_COORDINATOR_ADDRESS={address}, JAX_NUM_PROCESSES="
+            f"{num_processes}, JAX_PROCESS_ID={process_id}): {str(e).splitlines()[0]}"
+        ) from e
 
 
 class JaxCommunicator:

@@ -4,6 +4,7 @@ The inverse frequencies are numpy float32 constants (built at trace time), follo
 transformers' ``_compute_default_rope_parameters`` and ``_compute_llama3_parameters`` step by
 step in float32, so logits match the torch model to float32 rounding.
 """
+
 from __future__ import annotations
 
 import math

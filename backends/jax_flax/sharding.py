@@ -15,11 +15,13 @@ holds and XLA's partitioner inserts the collectives:
 Arrays are placed with ``jax.make_array_from_callback``: each process builds only the shards of
 its own devices, from data every process holds (the global batch) or reads (a weight file).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -27,8 +29,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from loraswitch.core.types import IGNORE_INDEX, Batch
 from loraswitch.core.training.parallel import mesh_sizes
+from loraswitch.core.types import IGNORE_INDEX, Batch
 
 ROWS = ("data", "fsdp")  # the batch axis is split over both mesh axes
 
@@ -163,8 +165,9 @@ def put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-def put_from(shape: tuple[int, ...], sharding: NamedSharding,
-             read: Callable[[tuple[slice, ...]], np.ndarray]) -> jax.Array:
+def put_from(
+    shape: tuple[int, ...], sharding: NamedSharding, read: Callable[[tuple[slice, ...]], np.ndarray]
+) -> jax.Array:
     """A global array whose shards are read on demand (``read(index)`` returns the block at
     ``index``): the whole array never exists on a device or, unless ``read`` builds it, on the host.
     A block several devices hold (replicas over ``data``) is read once."""
@@ -212,9 +215,12 @@ def pad_rows(batch: Batch, multiple: int) -> Batch:
     mask = np.zeros((extra, T), batch.attention_mask.dtype)
     mask[:, 0] = 1
     labels = np.full((extra, T), IGNORE_INDEX, batch.labels.dtype)
-    return replace(batch, input_ids=np.concatenate([batch.input_ids, ids]),
-                   attention_mask=np.concatenate([batch.attention_mask, mask]),
-                   labels=np.concatenate([batch.labels, labels]))
+    return replace(
+        batch,
+        input_ids=np.concatenate([batch.input_ids, ids]),
+        attention_mask=np.concatenate([batch.attention_mask, mask]),
+        labels=np.concatenate([batch.labels, labels]),
+    )
 
 
 def put_rows(batch: Batch, layout: Layout) -> tuple[jax.Array, jax.Array, jax.Array]:

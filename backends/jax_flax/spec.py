@@ -4,6 +4,7 @@ Frozen and hashable, because it is a static attribute of the NNX modules: everyt
 fixed at trace time, so jit compiles each shape once. Anything the hand-written model does not
 implement is refused here, naming the key, rather than silently computing something else.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,8 +16,13 @@ from loraswitch.core.errors import UserError
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 # The linear layers of one decoder block, under their HF module names, and the submodule that holds them.
 LINEAR_PARENT = {
-    "q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
-    "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp",
+    "q_proj": "self_attn",
+    "k_proj": "self_attn",
+    "v_proj": "self_attn",
+    "o_proj": "self_attn",
+    "gate_proj": "mlp",
+    "up_proj": "mlp",
+    "down_proj": "mlp",
 }
 
 
@@ -48,8 +54,15 @@ class LlamaSpec:
         """(in, out) features of every linear in a block."""
         d, f = self.hidden_size, self.intermediate_size
         q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
-                "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
+        return {
+            "q_proj": (d, q),
+            "k_proj": (d, kv),
+            "v_proj": (d, kv),
+            "o_proj": (q, d),
+            "gate_proj": (d, f),
+            "up_proj": (d, f),
+            "down_proj": (f, d),
+        }
 
     def n_params(self) -> int:
         per_layer = sum(i * o for i, o in self.linear_dims().values()) + 2 * self.hidden_size
@@ -80,21 +93,29 @@ def _rope(config: dict[str, Any], file: Path) -> RopeSpec:
     if kind == "llama3":
         try:
             return RopeSpec(
-                theta=float(theta), kind="llama3", factor=float(params["factor"]),
+                theta=float(theta),
+                kind="llama3",
+                factor=float(params["factor"]),
                 low_freq_factor=float(params["low_freq_factor"]),
                 high_freq_factor=float(params["high_freq_factor"]),
-                original_max_position_embeddings=int(params.get("original_max_position_embeddings")
-                                                     or config.get("max_position_embeddings", 8192)))
+                original_max_position_embeddings=int(
+                    params.get("original_max_position_embeddings") or config.get("max_position_embeddings", 8192)
+                ),
+            )
         except KeyError as e:
             raise UserError(f"{file}: rope scaling of type llama3 needs key {e.args[0]!r}") from e
-    raise UserError(f"{file}: rope type {kind!r} is not supported by the jax backend (supported: default, linear, llama3)")
+    raise UserError(
+        f"{file}: rope type {kind!r} is not supported by the jax backend (supported: default, linear, llama3)"
+    )
 
 
 def spec_from_config(config: dict[str, Any], file: Path) -> LlamaSpec:
     """Parse and check a HF config dict; ``file`` names config.json in error messages."""
     archs = config.get("architectures") or []
     if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise UserError(f"{file}: unsupported architecture {archs!r}; the jax backend supports {', '.join(SUPPORTED_ARCHITECTURES)}")
+        raise UserError(
+            f"{file}: unsupported architecture {archs!r}; the jax backend supports {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
     for key in ("attention_bias", "mlp_bias"):
         if config.get(key):
             raise UserError(f"{file}: {key} = true is not supported by the jax backend (Llama layers have no biases)")

@@ -12,11 +12,13 @@ arrive placed (batch rows split over the devices, base weights over fsdp), the r
 to that split, and the outputs the backend keeps (LoRA, optimizer state, losses) are pinned
 replicated, so XLA sums the gradient and the loss over devices and donation reuses the buffers.
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -103,8 +105,10 @@ def compiled_functions(statics: Statics) -> Functions:
         logits = model.logits(jax.lax.dynamic_slice_in_dim(hidden, last, 1, axis=1))[0, 0]
         return sample_token(logits, key, temperature, top_p), cache
 
-    return Functions(inner_tx=inner_tx,
-                     micro_step=jax.jit(micro_step, donate_argnums=(0, 1), out_shardings=replicated),
-                     eval_loss=jax.jit(eval_loss, out_shardings=replicated),
-                     logits=jax.jit(logits, out_shardings=replicated),
-                     extend=jax.jit(extend, donate_argnums=(2,), out_shardings=replicated))
+    return Functions(
+        inner_tx=inner_tx,
+        micro_step=jax.jit(micro_step, donate_argnums=(0, 1), out_shardings=replicated),
+        eval_loss=jax.jit(eval_loss, out_shardings=replicated),
+        logits=jax.jit(logits, out_shardings=replicated),
+        extend=jax.jit(extend, donate_argnums=(2,), out_shardings=replicated),
+    )

@@ -3,6 +3,7 @@
 Checkpoint files store leaves under these names, so a checkpoint is checked name by name on
 load instead of trusting leaf order, and the names read like the model: layers/self_attn/q_proj/lora_a.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -7,6 +7,7 @@ transposed from HF's [out, in] to [in, out], cast to the compute dtype and stack
 the host, then copied to that device. With fsdp > 1 no device and no host ever holds the whole
 model, only the blocks of its own devices (one tensor's at a time).
 """
+
 from __future__ import annotations
 
 import struct
@@ -17,14 +18,23 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from loraswitch.backends.jax_flax.sharding import Layout, put_from
+from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, LlamaSpec
 from loraswitch.core.errors import UserError
 from loraswitch.core.models.model_dir import read_safetensors_header, weight_files
 
-from loraswitch.backends.jax_flax.sharding import Layout, put_from
-from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, LlamaSpec
-
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 INIT_STD = 0.02  # as core.random_model and HF's initializer_range
 
 
@@ -52,7 +62,9 @@ class SafetensorsFiles:
             raise UserError(f"{self.path}: tensor {name!r} is missing from the safetensors weights")
         file, data_start, info = self.entries[name]
         if tuple(info["shape"]) != tuple(shape):
-            raise UserError(f"{file}: tensor {name!r} has shape {list(info['shape'])} but config.json implies {list(shape)}")
+            raise UserError(
+                f"{file}: tensor {name!r} has shape {list(info['shape'])} but config.json implies {list(shape)}"
+            )
         if info["dtype"] not in _DTYPES:
             raise UserError(f"{file}: tensor {name!r} has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
@@ -92,8 +104,9 @@ def load_weights(path: Path, spec: LlamaSpec, dtype, layout: Layout) -> dict[str
     for norm in ("input_layernorm", "post_attention_layernorm"):
         out[norm] = stacked([f"model.layers.{i}.{norm}.weight" for i in range(L)], (d,), transpose=False)
     for name, (n_in, n_out) in spec.linear_dims().items():
-        out[name] = stacked([f"model.layers.{i}.{LINEAR_PARENT[name]}.{name}.weight" for i in range(L)],
-                            (n_in, n_out), transpose=True)
+        out[name] = stacked(
+            [f"model.layers.{i}.{LINEAR_PARENT[name]}.{name}.weight" for i in range(L)], (n_in, n_out), transpose=True
+        )
     return out
 
 
@@ -124,5 +137,6 @@ def _ones(shape, dtype, sharding):
 def _normal(key, shape, dtype, sharding):
     # jit so the fp32 draw is fused into the cast: only the compute-dtype array is materialised,
     # and only the shards of each device.
-    return jax.jit(lambda k: (jax.random.normal(k, shape, jnp.float32) * INIT_STD).astype(dtype),
-                   out_shardings=sharding)(key)
+    return jax.jit(
+        lambda k: (jax.random.normal(k, shape, jnp.float32) * INIT_STD).astype(dtype), out_shardings=sharding
+    )(key)

@@ -4,6 +4,7 @@ This module only registers the backend. torch, transformers and peft are importe
 factory, when a run chooses ``--backend torch``, so listing backends stays fast and works
 where torch is not installed.
 """
+
 from __future__ import annotations
 
 from loraswitch.core import hookimpl

@@ -5,6 +5,7 @@ The saved files are peft's own (adapter_config.json + adapter_model.safetensors)
 of peft's loader so that an adapter written by the jax backend (a minimal adapter_config.json)
 loads too, and so that a mismatch is reported as one line naming the file and the tensor.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,9 +44,12 @@ def save_adapter(peft_model, directory: Path, base_model_name: str) -> None:
     # The LoRA tensors are handed over rather than read through model.state_dict(): under FSDP2
     # that call reshards the model on the one process that saves, and the processes' next
     # forwards would then disagree on which weights to gather.
-    lora_state = {name: p.detach() for name, p in peft_model.named_parameters() if ".lora_A." in name or ".lora_B." in name}
-    peft_model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False,
-                               state_dict=lora_state)
+    lora_state = {
+        name: p.detach() for name, p in peft_model.named_parameters() if ".lora_A." in name or ".lora_B." in name
+    }
+    peft_model.save_pretrained(
+        str(directory), safe_serialization=True, save_embedding_layers=False, state_dict=lora_state
+    )
     if not had_readme and readme.exists():
         readme.unlink()  # peft's model card is boilerplate; the run directory documents the run
     # peft keeps target_modules as a set and writes it in hash order; a stable order keeps
@@ -57,34 +61,49 @@ def save_adapter(peft_model, directory: Path, base_model_name: str) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def check_adapter_config(directory: Path, lora_r: int, lora_alpha: float, use_rslora: bool,
-                         target_modules: list[str]) -> None:
+def check_adapter_config(
+    directory: Path, lora_r: int, lora_alpha: float, use_rslora: bool, target_modules: list[str]
+) -> None:
     """The adapter's LoRA settings must be the run's: scaling is alpha / r, so a different
     alpha would silently change what the adapter does."""
     path = directory / ADAPTER_CONFIG
     config = read_json_object(path, if_missing=f"an adapter directory holds {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
     if config.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{path}: peft_type {config.get('peft_type')!r} is not LORA")
-    checks = [("r", "lora_r", lora_r), ("lora_alpha", "lora_alpha", lora_alpha),
-              ("use_rslora", "use_rslora", use_rslora)]
+    checks = [
+        ("r", "lora_r", lora_r),
+        ("lora_alpha", "lora_alpha", lora_alpha),
+        ("use_rslora", "use_rslora", use_rslora),
+    ]
     for key, option, ours in checks:
         theirs = config.get(key, False if key == "use_rslora" else None)
-        same = (theirs == ours if isinstance(ours, bool)
-                else isinstance(theirs, (int, float)) and math.isclose(theirs, ours))
+        same = (
+            theirs == ours
+            if isinstance(ours, bool)
+            else isinstance(theirs, (int, float)) and math.isclose(theirs, ours)
+        )
         if not same:
-            raise UserError(f"{path}: {key} is {theirs!r} but this run has {option} = {ours!r}; "
-                            f"set {option}: {theirs} to load this adapter")
+            raise UserError(
+                f"{path}: {key} is {theirs!r} but this run has {option} = {ours!r}; "
+                f"set {option}: {theirs} to load this adapter"
+            )
     theirs_modules = config.get("target_modules")
     if isinstance(theirs_modules, list) and sorted(theirs_modules) != sorted(target_modules):
-        raise UserError(f"{path}: target_modules {sorted(theirs_modules)} differ from this run's "
-                        f"lora_target_modules {sorted(target_modules)}; set lora_target_modules to match")
+        raise UserError(
+            f"{path}: target_modules {sorted(theirs_modules)} differ from this run's "
+            f"lora_target_modules {sorted(target_modules)}; set lora_target_modules to match"
+        )
 
 
 def load_adapter_weights(params: dict[str, torch.nn.Parameter], directory: Path) -> None:
     """Copy adapter_model.safetensors into the LoRA parameters, every key and shape checked."""
     path = directory / ADAPTER_WEIGHTS
     if not path.is_file():
-        hint = " (adapter_model.bin uses pickle, which loraswitch does not load)" if (directory / "adapter_model.bin").exists() else ""
+        hint = (
+            " (adapter_model.bin uses pickle, which loraswitch does not load)"
+            if (directory / "adapter_model.bin").exists()
+            else ""
+        )
         raise UserError(f"{path}: missing{hint}")
     try:
         tensors = load_file(str(path))
@@ -92,15 +111,20 @@ def load_adapter_weights(params: dict[str, torch.nn.Parameter], directory: Path)
         raise UserError(f"{path}: not a readable safetensors file ({e})") from None
     for key in tensors:
         if key not in params:
-            raise UserError(f"{path}: unexpected tensor {key!r}; the adapter was trained on a different "
-                            f"model or with different lora_target_modules")
+            raise UserError(
+                f"{path}: unexpected tensor {key!r}; the adapter was trained on a different "
+                f"model or with different lora_target_modules"
+            )
     for key, param in params.items():
         if key not in tensors:
-            raise UserError(f"{path}: tensor {key!r} is missing; the adapter was trained on a different "
-                            f"model or with different lora_target_modules")
+            raise UserError(
+                f"{path}: tensor {key!r} is missing; the adapter was trained on a different "
+                f"model or with different lora_target_modules"
+            )
         if tuple(tensors[key].shape) != tuple(param.shape):
-            raise UserError(f"{path}: tensor {key!r} has shape {list(tensors[key].shape)}, "
-                            f"this model expects {list(param.shape)}")
+            raise UserError(
+                f"{path}: tensor {key!r} has shape {list(tensors[key].shape)}, this model expects {list(param.shape)}"
+            )
     with torch.no_grad():
         for key, param in params.items():
             param.copy_(tensors[key].to(device=param.device, dtype=param.dtype))

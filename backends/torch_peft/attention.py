@@ -11,12 +11,14 @@ outside any torch.compile'd function, so compilation traces (and bakes in) the s
         auto: cudnn first on compute capability >= 9.0, torch's default order elsewhere
         cudnn / flash: that kernel first; default: torch's own order
 """
+
 from __future__ import annotations
 
 import contextlib
 import inspect
 import os
-from typing import Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 
 import torch
 
@@ -45,15 +47,29 @@ def attention_context(choice: str) -> Callable[[], ContextManager]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     first = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[choice]
-    rest = [b for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION,
-                        SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH) if b != first]
+    rest = [
+        b
+        for b in (
+            SDPBackend.FLASH_ATTENTION,
+            SDPBackend.CUDNN_ATTENTION,
+            SDPBackend.EFFICIENT_ATTENTION,
+            SDPBackend.MATH,
+        )
+        if b != first
+    ]
     if "set_priority" not in inspect.signature(sdpa_kernel).parameters:  # torch < 2.6
         return contextlib.nullcontext
     return lambda: sdpa_kernel([first, *rest], set_priority=True)
 
 
-def kernel_used(context: Callable[[], ContextManager], device: torch.device, heads: int, kv_heads: int,
-                head_dim: int, dtype: torch.dtype) -> str:
+def kernel_used(
+    context: Callable[[], ContextManager],
+    device: torch.device,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+) -> str:
     """The kernel SDPA picks under ``context`` for a causal training call of this model's head
     shape (with grouped-query heads as transformers passes them), for describe()."""
     if device.type != "cuda":

@@ -9,6 +9,7 @@ Under torchrun (WORLD_SIZE > 1) each process trains its contiguous block of ever
 micro-batch, through DDP or, with ``mesh: {fsdp: N}``, with FSDP2-sharded base weights
 (``processes.py``); the LoRA weights and optimizer state stay whole on every process.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,19 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from loraswitch.core.backend import LossValue
-from loraswitch.core.types import Batch, MicroStep
-from loraswitch.core.config import Config
-from loraswitch.core.training.parallel import mesh_sizes, shard_rows
-from loraswitch.core.types import ModelSource
-
-from loraswitch.backends.torch_peft import adapter
-from loraswitch.backends.torch_peft import processes
-from loraswitch.backends.torch_peft import optimizer
+from loraswitch.backends.torch_peft import adapter, optimizer, processes
 from loraswitch.backends.torch_peft.attention import attention_choice, attention_context, kernel_used
 from loraswitch.backends.torch_peft.generation import generate_tokens
 from loraswitch.backends.torch_peft.loss import chunk_loss, chunk_loss_and_grad, target_cross_entropy, target_positions
 from loraswitch.backends.torch_peft.model import Placement, check_target_modules, choose_placement, load_base_model
+from loraswitch.core.backend import LossValue
+from loraswitch.core.config import Config
+from loraswitch.core.training.parallel import mesh_sizes, shard_rows
+from loraswitch.core.types import Batch, MicroStep, ModelSource
 
 
 def dropout_seed(seed: int, step: int, micro: int, rank: int | None = None) -> int:
@@ -56,7 +53,7 @@ class TorchBackend:
         self.communicator = None  # the core's view of self.group (core.training.parallel.Communicator)
 
     @classmethod
-    def from_environment(cls) -> "TorchBackend":
+    def from_environment(cls) -> TorchBackend:
         """``LORASWITCH_TORCH_DEVICE`` (``cuda:1``, ``cpu``) pins the device; default: CUDA if present."""
         return cls(device=os.environ.get("LORASWITCH_TORCH_DEVICE") or None)
 
@@ -71,16 +68,26 @@ class TorchBackend:
             device = processes.process_device(self.requested_device)
             self.group = self.communicator = processes.start(device, config.mesh, config.batch_size)
         else:
-            mesh_sizes(config.mesh, 1, unit="processes",
-                       hint="; torch runs one process per device: torchrun --nproc_per_node N -m loraswitch.core.cli train ...")
+            mesh_sizes(
+                config.mesh,
+                1,
+                unit="processes",
+                hint="; torch runs one process per device: torchrun --nproc_per_node N -m loraswitch.core.cli train ...",
+            )
         self.placement: Placement = choose_placement(config.precision, config.compile, device)
         self._attention = attention_context(attention_choice(self.placement.device))
         sharded = self.group is not None and self.group.sharded
 
         def lora_config(targets: list[str]) -> LoraConfig:
-            return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=targets, use_rslora=config.use_rslora, bias="none",
-                              task_type="CAUSAL_LM")
+            return LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=targets,
+                use_rslora=config.use_rslora,
+                bias="none",
+                task_type="CAUSAL_LM",
+            )
 
         with warnings.catch_warnings():  # peft probes a property transformers 5 deprecates
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -88,7 +95,9 @@ class TorchBackend:
                 from loraswitch.backends.torch_peft.sharding import load_sharded_peft_model
 
                 targets = _checked_targets_on_meta(model, config.lora_target_modules)
-                self.model = load_sharded_peft_model(model, self.placement, lora_config(targets), config.seed, self.group)
+                self.model = load_sharded_peft_model(
+                    model, self.placement, lora_config(targets), config.seed, self.group
+                )
             else:
                 base = load_base_model(model, self.placement)
                 targets = check_target_modules(base, config.lora_target_modules)
@@ -126,8 +135,13 @@ class TorchBackend:
         self.optimizer = None
         if train:
             self.optimizer = torch.optim.AdamW(
-                list(self.params.values()), lr=config.learning_rate_multiplier, betas=(0.9, 0.999),
-                eps=1e-8, weight_decay=config.weight_decay, fused=self.placement.device.type == "cuda")
+                list(self.params.values()),
+                lr=config.learning_rate_multiplier,
+                betas=(0.9, 0.999),
+                eps=1e-8,
+                weight_decay=config.weight_decay,
+                fused=self.placement.device.type == "cuda",
+            )
             self.model.train()
         else:
             self.model.eval()
@@ -204,8 +218,9 @@ class TorchBackend:
         with self._autocast(), self._attention():
             hidden = self._hidden_fn(input_ids, attention_mask)
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, self._to_device(rows))
-        loss = target_cross_entropy(hidden, self.head, self._to_device(targets),
-                                    loss_fn=self._loss_fn, loss_and_grad_fn=self._loss_and_grad_fn)
+        loss = target_cross_entropy(
+            hidden, self.head, self._to_device(targets), loss_fn=self._loss_fn, loss_and_grad_fn=self._loss_and_grad_fn
+        )
         return loss if scale is None else loss * scale
 
     # ------------------------------------------------------------------ evaluation
@@ -227,12 +242,27 @@ class TorchBackend:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.logits.float().cpu().numpy()
 
-    def generate(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
+    def generate(
+        self,
+        prompt_ids: list[int],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop_ids: tuple[int, ...] = (),
+    ) -> list[int]:
         with self._eval_mode(), self._autocast():
-            return generate_tokens(self.model.get_base_model(), list(prompt_ids), self.placement.device,
-                                   max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_p=top_p, seed=seed, stop_ids=tuple(stop_ids))
+            return generate_tokens(
+                self.model.get_base_model(),
+                list(prompt_ids),
+                self.placement.device,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                stop_ids=tuple(stop_ids),
+            )
 
     # ------------------------------------------------------------------ files
 
@@ -248,8 +278,11 @@ class TorchBackend:
     def save_state(self, directory: Path) -> None:
         if self.optimizer is None:
             raise RuntimeError("save_state needs a backend loaded with train=True")
-        extra = {"framework": f"torch {torch.__version__}", "seed": self.config.seed,
-                 "dropout_seed": "numpy SeedSequence([seed, step, micro]), reseeded every micro-step"}
+        extra = {
+            "framework": f"torch {torch.__version__}",
+            "seed": self.config.seed,
+            "dropout_seed": "numpy SeedSequence([seed, step, micro]), reseeded every micro-step",
+        }
         optimizer.save_optimizer_state(self.optimizer, self.params, Path(directory), extra)
 
     def load_state(self, directory: Path) -> None:
@@ -302,8 +335,14 @@ class TorchBackend:
         c = self.model.get_base_model().config
         heads = c.num_attention_heads
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
-        return kernel_used(self._attention, self.placement.device, heads,
-                           getattr(c, "num_key_value_heads", None) or heads, head_dim, self.placement.dtype)
+        return kernel_used(
+            self._attention,
+            self.placement.device,
+            heads,
+            getattr(c, "num_key_value_heads", None) or heads,
+            head_dim,
+            self.placement.dtype,
+        )
 
     def _autocast(self):
         if not self.autocast:

@@ -3,6 +3,7 @@
 A plain loop rather than ``model.generate``: sampling draws from a dedicated CPU generator, so
 the same seed gives the same text on CPU and GPU, and the training RNG is left untouched.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -24,9 +25,17 @@ def pick_token(logits: torch.Tensor, temperature: float, top_p: float, generator
 
 
 @torch.no_grad()
-def generate_tokens(model: torch.nn.Module, prompt_ids: list[int], device: torch.device, *,
-                    max_new_tokens: int, temperature: float, top_p: float, seed: int,
-                    stop_ids: tuple[int, ...]) -> list[int]:
+def generate_tokens(
+    model: torch.nn.Module,
+    prompt_ids: list[int],
+    device: torch.device,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    stop_ids: tuple[int, ...],
+) -> list[int]:
     """New tokens after ``prompt_ids``; a stop token ends generation and is not returned.
     ``model`` is the transformers causal LM (with peft's LoRA layers inside it)."""
     # transformers 5.2x renamed past_key_values to cache; ask the signature which one it takes.

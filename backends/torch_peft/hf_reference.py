@@ -7,14 +7,15 @@ SDPA attention, bf16 on CUDA (fp32 on CPU), ``get_peft_model``, fused AdamW on C
 ``(loss / accumulation_steps).backward()``, ``opt.step()``, ``opt.zero_grad()``.
 torch, transformers and peft are imported inside ``load`` so importing this module stays light.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-from loraswitch.core.types import ModelSource
 from loraswitch.core.bench.protocol import BenchSettings
+from loraswitch.core.types import ModelSource
 
 
 class HFReference:
@@ -42,18 +43,25 @@ class HFReference:
             with torch.device(self.device):
                 model = LlamaForCausalLM(cfg).to(dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(self.source.path, dtype=dtype, attn_implementation="sdpa",
-                                                         use_safetensors=True).to(self.device)
+            model = AutoModelForCausalLM.from_pretrained(
+                self.source.path, dtype=dtype, attn_implementation="sdpa", use_safetensors=True
+            ).to(self.device)
         torch.manual_seed(s.seed)
-        lora = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-                          target_modules=list(s.lora_target_modules), task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=s.lora_r,
+            lora_alpha=s.lora_alpha,
+            lora_dropout=s.lora_dropout,
+            target_modules=list(s.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
         self.model = get_peft_model(model, lora)
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.params_trainable = sum(p.numel() for p in params)
         self.params_total = sum(p.numel() for p in self.model.parameters())
-        self.opt = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay,
-                                     fused=self.device == "cuda")
+        self.opt = torch.optim.AdamW(
+            params, lr=s.learning_rate, weight_decay=s.weight_decay, fused=self.device == "cuda"
+        )
         # All the data on the device before the clock starts, as in the anchor.
         self.data = torch.from_numpy(self.tokens).to(self.device, torch.long)
 

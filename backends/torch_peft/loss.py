@@ -11,9 +11,10 @@ Numerics match ``F.cross_entropy`` on fp32 logits: logits are upcast to fp32 bef
 log-sum-exp, as transformers does. On CPU in fp32 the result equals the plain computation up
 to summation order.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -50,8 +51,9 @@ def chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
     return (torch.logsumexp(logits, dim=-1) - picked).sum()
 
 
-def chunk_loss_and_grad(hidden: torch.Tensor, weight: torch.Tensor,
-                        targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_loss_and_grad(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``chunk_loss`` and its gradient with respect to ``hidden``, in one pass."""
     logits = (hidden @ weight.t()).float()
     picked = logits.gather(1, targets[:, None]).squeeze(1)
@@ -83,10 +85,15 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
         return grad * grad_output.to(grad.dtype), None, None, None, None
 
 
-def target_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, *,
-                         rows: int | None = None,
-                         loss_fn: Callable = chunk_loss,
-                         loss_and_grad_fn: Callable = chunk_loss_and_grad) -> torch.Tensor:
+def target_cross_entropy(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    targets: torch.Tensor,
+    *,
+    rows: int | None = None,
+    loss_fn: Callable = chunk_loss,
+    loss_and_grad_fn: Callable = chunk_loss_and_grad,
+) -> torch.Tensor:
     """Sum of cross-entropy of ``head(hidden)`` against ``targets``: ``hidden`` [N, H] holds only
     rows that predict a target. ``loss_fn``/``loss_and_grad_fn`` may be torch.compile'd versions
     of the chunk functions above."""
@@ -100,7 +107,7 @@ def target_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, targets: t
     if not hidden.requires_grad:
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], rows):
-            total = total + loss_fn(hidden[start:start + rows], weight, targets[start:start + rows])
+            total = total + loss_fn(hidden[start : start + rows], weight, targets[start : start + rows])
         return total
     return _FrozenHeadCrossEntropy.apply(hidden, weight, targets, rows, loss_and_grad_fn)
 
@@ -113,6 +120,6 @@ def _trainable_head_cross_entropy(hidden, head, targets, rows):
 
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], rows):
-        h, y = hidden[start:start + rows], targets[start:start + rows]
+        h, y = hidden[start : start + rows], targets[start : start + rows]
         total = total + (checkpoint(piece, h, y, use_reentrant=False) if torch.is_grad_enabled() else piece(h, y))
     return total

@@ -4,6 +4,7 @@ Checks happen before transformers sees the directory, because from_pretrained on
 missing tensors (and initialises them randomly) and its shape errors name no file; a user who
 points at the wrong directory gets one line naming the file and the tensor.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from loraswitch.core.models import model_dir
 from loraswitch.core.errors import UserError
+from loraswitch.core.models import model_dir
 from loraswitch.core.models.model_dir import SUPPORTED_ARCHITECTURES
 from loraswitch.core.types import ModelSource
 
@@ -42,11 +43,15 @@ def choose_placement(precision: str, compile_option: str, requested_device: str 
         except RuntimeError as e:
             raise UserError(f"LORASWITCH_TORCH_DEVICE={requested_device}: not a torch device ({e})") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"LORASWITCH_TORCH_DEVICE={requested_device}: CUDA is not available "
-                            f"(torch {torch.__version__}, no visible GPU); unset it to train on the CPU")
+            raise UserError(
+                f"LORASWITCH_TORCH_DEVICE={requested_device}: CUDA is not available "
+                f"(torch {torch.__version__}, no visible GPU); unset it to train on the CPU"
+            )
         if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"LORASWITCH_TORCH_DEVICE={requested_device}: only "
-                            f"{torch.cuda.device_count()} CUDA device(s) are visible")
+            raise UserError(
+                f"LORASWITCH_TORCH_DEVICE={requested_device}: only "
+                f"{torch.cuda.device_count()} CUDA device(s) are visible"
+            )
     else:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and device.index is None:
@@ -57,8 +62,9 @@ def choose_placement(precision: str, compile_option: str, requested_device: str 
         dtype = torch.bfloat16 if device.type == "cuda" and bf16_ok else torch.float32
     elif precision == "bf16":
         if not bf16_ok:
-            raise UserError(f"precision: bf16 is not supported by {torch.cuda.get_device_name(device)}; "
-                            "use precision: fp32")
+            raise UserError(
+                f"precision: bf16 is not supported by {torch.cuda.get_device_name(device)}; use precision: fp32"
+            )
         dtype = torch.bfloat16
     else:
         dtype = torch.float32
@@ -87,8 +93,7 @@ def _hf_config(model: ModelSource, architecture: str):
         raise UserError(f"{model.path / 'config.json'}: cannot be read as a {architecture} config: {e}") from None
 
 
-def check_weight_files(model: ModelSource, architecture: str, expected: dict[str, tuple[int, ...]],
-                       tied: bool) -> None:
+def check_weight_files(model: ModelSource, architecture: str, expected: dict[str, tuple[int, ...]], tied: bool) -> None:
     """Every tensor the model needs is present, with the shape config.json implies, and nothing
     else: validate_model_dir samples a few tensors, this checks all of them against the
     transformers class itself (from_pretrained would only warn and initialise a missing one)."""
@@ -98,17 +103,22 @@ def check_weight_files(model: ModelSource, architecture: str, expected: dict[str
             if name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight"):
                 continue
             if name not in expected:
-                raise UserError(f"{file}: unexpected tensor {name!r}; the weights do not belong to "
-                                f"the {architecture} that config.json describes")
+                raise UserError(
+                    f"{file}: unexpected tensor {name!r}; the weights do not belong to "
+                    f"the {architecture} that config.json describes"
+                )
             shape = tuple(info.get("shape", ()))
             if shape != expected[name]:
-                raise UserError(f"{file}: tensor {name!r} has shape {list(shape)} but config.json "
-                                f"implies {list(expected[name])}")
+                raise UserError(
+                    f"{file}: tensor {name!r} has shape {list(shape)} but config.json implies {list(expected[name])}"
+                )
             seen[name] = file
     missing = [n for n in expected if n not in seen]
     if missing:
-        raise UserError(f"{model.path}: tensor {missing[0]!r} is missing from the *.safetensors files"
-                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise UserError(
+            f"{model.path}: tensor {missing[0]!r} is missing from the *.safetensors files"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
 
 
 def expected_shapes(hf_config, architecture: str) -> dict[str, tuple[int, ...]]:
@@ -116,8 +126,11 @@ def expected_shapes(hf_config, architecture: str) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         skeleton = _model_class(architecture)(hf_config)
     tied = bool(getattr(hf_config, "tie_word_embeddings", False))
-    return {name: tuple(t.shape) for name, t in skeleton.state_dict().items()
-            if not (tied and name == "lm_head.weight") and not name.endswith(_IGNORED_SUFFIXES)}
+    return {
+        name: tuple(t.shape)
+        for name, t in skeleton.state_dict().items()
+        if not (tied and name == "lm_head.weight") and not name.endswith(_IGNORED_SUFFIXES)
+    }
 
 
 def load_base_model(model: ModelSource, placement: Placement) -> torch.nn.Module:
@@ -135,9 +148,14 @@ def load_base_model(model: ModelSource, placement: Placement) -> torch.nn.Module
         else:
             tied = bool(getattr(hf_config, "tie_word_embeddings", False))
             check_weight_files(model, architecture, expected_shapes(hf_config, architecture), tied)
-            base = cls.from_pretrained(str(model.path), config=hf_config, dtype=placement.dtype,
-                                       attn_implementation="sdpa", use_safetensors=True,
-                                       local_files_only=True)
+            base = cls.from_pretrained(
+                str(model.path),
+                config=hf_config,
+                dtype=placement.dtype,
+                attn_implementation="sdpa",
+                use_safetensors=True,
+                local_files_only=True,
+            )
             base = base.to(placement.device)
     base.requires_grad_(False)
     base.config.use_cache = False  # training never needs a KV cache; generate() asks for one itself
@@ -166,14 +184,17 @@ class _quiet_transformers:
 
 def linear_module_names(base: torch.nn.Module) -> list[str]:
     """The short names LoRA can target (``q_proj``, ``down_proj``, ``lm_head``...)."""
-    return sorted({name.rsplit(".", 1)[-1] for name, m in base.named_modules()
-                   if isinstance(m, torch.nn.Linear) and name})
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, m in base.named_modules() if isinstance(m, torch.nn.Linear) and name}
+    )
 
 
 def check_target_modules(base: torch.nn.Module, targets: list[str]) -> list[str]:
     available = linear_module_names(base)
     for name in targets:
         if name not in available:
-            raise UserError(f"lora_target_modules: {name!r} is not a linear layer of this model; "
-                            f"its linear layers are: {', '.join(available)}")
+            raise UserError(
+                f"lora_target_modules: {name!r} is not a linear layer of this model; "
+                f"its linear layers are: {', '.join(available)}"
+            )
     return sorted(set(targets))

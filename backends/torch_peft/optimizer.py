@@ -6,6 +6,7 @@ model, other target modules, another rank) is named by its first differing key.
 Dropout needs no saved RNG: every micro-step reseeds from (seed, step, micro). The torch RNG
 states are still saved so anything else drawing random numbers resumes where it was.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ OPTIMIZER_JSON = "optimizer.json"
 RNG_WEIGHTS = "rng_torch.safetensors"
 
 
-def save_optimizer_state(optimizer: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter],
-                         directory: Path, extra: dict) -> None:
+def save_optimizer_state(
+    optimizer: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter], directory: Path, extra: dict
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     step = 0
@@ -55,8 +57,9 @@ def save_optimizer_state(optimizer: torch.optim.Optimizer, params: dict[str, tor
     save_file(rng, str(directory / RNG_WEIGHTS))
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter],
-                         directory: Path) -> None:
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter], directory: Path
+) -> None:
     json_path, weights_path = directory / OPTIMIZER_JSON, directory / OPTIMIZER_WEIGHTS
     for path in (json_path, weights_path):
         if not path.is_file():
@@ -72,15 +75,21 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, params: dict[str, tor
     saved_shapes = record.get("params", {})
     for name, param in params.items():
         if name not in saved_shapes:
-            raise UserError(f"{json_path}: no state for {name!r}; the checkpoint belongs to another model "
-                            "or other lora_target_modules")
+            raise UserError(
+                f"{json_path}: no state for {name!r}; the checkpoint belongs to another model "
+                "or other lora_target_modules"
+            )
         if list(saved_shapes[name]) != list(param.shape):
-            raise UserError(f"{json_path}: {name!r} has shape {saved_shapes[name]} in the checkpoint, "
-                            f"this model has {list(param.shape)} (a different lora_r or model?)")
+            raise UserError(
+                f"{json_path}: {name!r} has shape {saved_shapes[name]} in the checkpoint, "
+                f"this model has {list(param.shape)} (a different lora_r or model?)"
+            )
     for name in saved_shapes:
         if name not in params:
-            raise UserError(f"{json_path}: state for {name!r}, which this model does not have; "
-                            "the checkpoint belongs to another model or other lora_target_modules")
+            raise UserError(
+                f"{json_path}: state for {name!r}, which this model does not have; "
+                "the checkpoint belongs to another model or other lora_target_modules"
+            )
 
     step = int(record.get("step", 0))
     if step > 0:

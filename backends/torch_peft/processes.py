@@ -12,6 +12,7 @@ core weights each micro-batch by 1 / targets in the global window, so the sum is
 single-process gradient. DDP averages, so it gets a summing communication hook; under FSDP2 the
 LoRA weights are left out of the sharding and their gradients are all-reduced once per step.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from loraswitch.core.training.parallel import check_divisible, mesh_sizes
 from loraswitch.core.errors import UserError
+from loraswitch.core.training.parallel import check_divisible, mesh_sizes
 
 
 def launched_with_several_processes() -> bool:
@@ -39,8 +40,10 @@ def _env_int(name: str) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise UserError(f"{name}={value!r}: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; launch several "
-                        "processes with torchrun --nproc_per_node N -m loraswitch.core.cli train CONFIG") from None
+        raise UserError(
+            f"{name}={value!r}: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; launch several "
+            "processes with torchrun --nproc_per_node N -m loraswitch.core.cli train CONFIG"
+        ) from None
 
 
 def process_device(requested: str | None) -> str:
@@ -49,8 +52,10 @@ def process_device(requested: str | None) -> str:
         return "cpu"
     local_rank = _env_int("LOCAL_RANK")
     if local_rank >= torch.cuda.device_count():
-        raise UserError(f"LOCAL_RANK={local_rank}: only {torch.cuda.device_count()} CUDA device(s) are visible; "
-                        "start at most that many processes per host (torchrun --nproc_per_node)")
+        raise UserError(
+            f"LOCAL_RANK={local_rank}: only {torch.cuda.device_count()} CUDA device(s) are visible; "
+            "start at most that many processes per host (torchrun --nproc_per_node)"
+        )
     return f"cuda:{local_rank}"
 
 
@@ -120,8 +125,10 @@ def start(device: str, mesh: dict[str, int] | None, batch_size: int) -> ProcessG
         dist.init_process_group("nccl" if torch_device.type == "cuda" else "gloo", **kwargs)
         atexit.register(_destroy)
     if dist.get_world_size() != world or dist.get_rank() != rank:
-        raise UserError(f"WORLD_SIZE={world}, RANK={rank} disagree with the running process group "
-                        f"({dist.get_world_size()} processes, rank {dist.get_rank()})")
+        raise UserError(
+            f"WORLD_SIZE={world}, RANK={rank} disagree with the running process group "
+            f"({dist.get_world_size()} processes, rank {dist.get_rank()})"
+        )
     return ProcessGroup(rank=rank, world_size=world, data=data, fsdp=fsdp, device=torch_device)
 
 
@@ -146,7 +153,9 @@ def wrap_ddp(module: torch.nn.Module, group: ProcessGroup) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     params = inspect.signature(DistributedDataParallel.__init__).parameters
-    no_buffer_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    no_buffer_sync = (
+        {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    )
     ddp = DistributedDataParallel(module, device_ids=None, **no_buffer_sync)
     ddp.register_comm_hook(None, _sum_allreduce_hook)
     return ddp
@@ -177,7 +186,7 @@ class WindowLosses:
         self.local: list[torch.Tensor] = []
         self.total: list[float] | None = None
 
-    def add(self, loss: torch.Tensor) -> "_Contribution":
+    def add(self, loss: torch.Tensor) -> _Contribution:
         self.local.append(loss.detach().float().reshape(()))
         return _Contribution(self, len(self.local) - 1)
 

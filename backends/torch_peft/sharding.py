@@ -12,22 +12,31 @@ same random numbers from the same seed as in ``TorchBackend.load``; the values a
 copied back after ``to_empty``. The embedding (tied to lm_head in many models) and lm_head stay
 whole too: the chunked loss reads lm_head's weight directly.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 from safetensors import safe_open
 
+from loraswitch.backends.torch_peft import adapter
+from loraswitch.backends.torch_peft.model import (
+    Placement,
+    _hf_config,
+    _model_class,
+    _quiet_transformers,
+    architecture_of,
+    check_weight_files,
+    expected_shapes,
+)
+from loraswitch.backends.torch_peft.processes import ProcessGroup
 from loraswitch.core.models import model_dir
 from loraswitch.core.types import ModelSource
 
-from loraswitch.backends.torch_peft import adapter
-from loraswitch.backends.torch_peft.processes import ProcessGroup
-from loraswitch.backends.torch_peft.model import (Placement, _hf_config, _model_class, _quiet_transformers, architecture_of, check_weight_files, expected_shapes)
 
-
-def load_sharded_peft_model(model: ModelSource, placement: Placement, lora_config, seed: int,
-                            group: ProcessGroup) -> torch.nn.Module:
+def load_sharded_peft_model(
+    model: ModelSource, placement: Placement, lora_config, seed: int, group: ProcessGroup
+) -> torch.nn.Module:
     """The peft model on ``placement.device``, decoder layers sharded over ``group``."""
     from peft import get_peft_model
     from torch.distributed.fsdp import fully_shard
@@ -49,7 +58,9 @@ def load_sharded_peft_model(model: ModelSource, placement: Placement, lora_confi
     lora = adapter.lora_parameters(peft_model)
     lora_init = {name: p.detach().clone() for name, p in lora.items()}
     for module, shape in stand_ins:
-        module.weight = torch.nn.Parameter(torch.empty(shape, dtype=placement.dtype, device="meta"), requires_grad=False)
+        module.weight = torch.nn.Parameter(
+            torch.empty(shape, dtype=placement.dtype, device="meta"), requires_grad=False
+        )
 
     decoder = peft_model.get_base_model().model
     mesh = group.device_mesh()
@@ -147,7 +158,7 @@ def _load_shards(causal_lm: torch.nn.Module, model: ModelSource) -> None:
             if local.dim() == 0:
                 local.copy_(handles[file].get_tensor(key))
             elif rows:
-                local.copy_(handles[file].get_slice(key)[start:start + rows].to(local.dtype))
+                local.copy_(handles[file].get_slice(key)[start : start + rows].to(local.dtype))
     finally:
         handles.clear()
 
@@ -166,4 +177,4 @@ def _fill_random(causal_lm: torch.nn.Module, init_seed: int, std: float, device:
         words = np.random.SeedSequence([init_seed, *name.encode()]).generate_state(2, dtype=np.uint32)
         generator = torch.Generator(device=device).manual_seed((int(words[0]) << 31) | (int(words[1]) >> 1))
         full = torch.randn(param.shape, generator=generator, device=device, dtype=torch.float32) * std
-        local.copy_(full[start:start + rows].to(local.dtype))
+        local.copy_(full[start : start + rows].to(local.dtype))

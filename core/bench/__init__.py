@@ -1,6 +1,6 @@
 """``loraswitch bench``: the same LoRA training job timed on every system, one process each.
 
-The protocol (design.md, "Benchmark protocol"): one settings object for all systems (same model
+The protocol (docs/benchmarks.md, "The protocol"): one settings object for all systems (same model
 shape, data, hyperparameters and precision), warm-up excluded from the timing, and every speed
 reported beside the loss it reached, because a fast step that computes the wrong loss is no win.
 

@@ -3,6 +3,7 @@
 One ``BenchSettings`` object is validated once and handed, unchanged, to every worker process;
 there is no per-system override, so a table can never silently compare different jobs.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ from loraswitch.core.models.shapes import SHAPES, shape_config
 
 HF_REFERENCE = "hf-reference"
 # Dense bf16 matrix-product rate measured on the H200 used for the reference numbers
-# (8192^3 products on random data, KINDS.md / design.md); MFU is reported against it.
+# (8192^3 products on random data, measured on the device); MFU is reported against it.
 H200_BF16_PEAK_FLOPS = 790e12
 
 
@@ -28,12 +29,16 @@ class BenchSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    shape: str = Field("tiny", description="A random shape (tiny, llama-1b, llama-3b, llama-8b) or a local HF model directory.")
+    shape: str = Field(
+        "tiny", description="A random shape (tiny, llama-1b, llama-3b, llama-8b) or a local HF model directory."
+    )
     batch_size: int = Field(4, gt=0)
     seq_len: int = Field(2048, gt=1)
     accumulation_steps: int = Field(4, gt=0)
     steps: int = Field(5, gt=0, description="Timed optimizer steps.")
-    warmup_steps: int = Field(2, ge=0, description="Optimizer steps run before the timing starts (compilation, autotuning).")
+    warmup_steps: int = Field(
+        2, ge=0, description="Optimizer steps run before the timing starts (compilation, autotuning)."
+    )
     lora_r: int = Field(16, gt=0)
     lora_alpha: float = Field(32, gt=0, description="As in the reference measurement (alpha = 2r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1)
@@ -41,11 +46,17 @@ class BenchSettings(BaseModel):
     learning_rate: float = Field(2e-4, gt=0, description="Constant learning rate of AdamW.")
     weight_decay: float = Field(0.0, ge=0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    seed: int = Field(0, ge=0, description="Seeds the synthetic tokens and the LoRA init (random:<shape> base weights are always those of seed 0).")
-    peak_flops: float = Field(H200_BF16_PEAK_FLOPS, gt=0, description="Device peak FLOP/s that MFU is measured against.")
+    seed: int = Field(
+        0,
+        ge=0,
+        description="Seeds the synthetic tokens and the LoRA init (random:<shape> base weights are always those of seed 0).",
+    )
+    peak_flops: float = Field(
+        H200_BF16_PEAK_FLOPS, gt=0, description="Device peak FLOP/s that MFU is measured against."
+    )
 
     @model_validator(mode="after")
-    def _seq_fits(self) -> "BenchSettings":
+    def _seq_fits(self) -> BenchSettings:
         max_pos = model_config_of(self.shape).get("max_position_embeddings")
         if isinstance(max_pos, int) and self.seq_len > max_pos:
             raise ValueError(f"--seq_len {self.seq_len} exceeds the model's max_position_embeddings ({max_pos})")
@@ -89,7 +100,9 @@ def model_config_of(shape: str) -> dict[str, Any]:
         return shape_config(shape)
     path = Path(shape).expanduser()
     if not path.is_dir():
-        raise UserError(f"bench: --shape {shape!r} is neither a random shape ({', '.join(SHAPES)}) nor a model directory")
+        raise UserError(
+            f"bench: --shape {shape!r} is neither a random shape ({', '.join(SHAPES)}) nor a model directory"
+        )
     from loraswitch.core.models.model_dir import read_config, validate_model_dir
 
     validate_model_dir(path)
@@ -119,8 +132,12 @@ def synthetic_tokens(settings: BenchSettings, vocab_size: int) -> np.ndarray:
     micro-batch i draws from its own stream (seed, i), so the data does not depend on the order
     anybody reads it in. Labels are the inputs (every position a target), as in the reference."""
     shape = (settings.batch_size, settings.seq_len)
-    return np.stack([np.random.default_rng([settings.seed, i]).integers(0, vocab_size, shape, dtype=np.int32)
-                     for i in range(settings.micro_batches)])
+    return np.stack(
+        [
+            np.random.default_rng([settings.seed, i]).integers(0, vocab_size, shape, dtype=np.int32)
+            for i in range(settings.micro_batches)
+        ]
+    )
 
 
 # ---------------------------------------------------------------- FLOPs

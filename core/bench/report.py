@@ -1,8 +1,9 @@
 """Show and keep a bench report: a rich table, results.json, a markdown table and chart.png.
 
 Every speed is printed beside the loss it reached: a fast system with a wrong loss is a bug,
-not a result (design.md tells of a compiled kernel path that returned 69.9 instead of 12.18).
+not a result (a compiled Liger kernel path was seen returning 69.9 instead of 12.18, docs/benchmarks.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,20 +26,32 @@ def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
             out.append((r["system"], r["status"], *(["–"] * 6), r.get("error", "")[:80]))
             continue
         peak = r.get("peak_memory_bytes")
-        peak_s = _fmt(peak / GIB if peak else None, ".1f") + ("*" if peak and r.get("peak_memory_includes_warmup") else "")
-        out.append((
-            r["system"], "ok", _fmt(r["tokens_per_s"], ",.0f"), _fmt(r["steps_per_s"], ".3f"),
-            _fmt(r.get("ratio_to_hf_reference"), ".2f"), _fmt(r.get("mfu"), ".1%"), peak_s,
-            _fmt(r["warmup_s"], ".1f"), _fmt(r["loss"], ".4f"),
-        ))
+        peak_s = _fmt(peak / GIB if peak else None, ".1f") + (
+            "*" if peak and r.get("peak_memory_includes_warmup") else ""
+        )
+        out.append(
+            (
+                r["system"],
+                "ok",
+                _fmt(r["tokens_per_s"], ",.0f"),
+                _fmt(r["steps_per_s"], ".3f"),
+                _fmt(r.get("ratio_to_hf_reference"), ".2f"),
+                _fmt(r.get("mfu"), ".1%"),
+                peak_s,
+                _fmt(r["warmup_s"], ".1f"),
+                _fmt(r["loss"], ".4f"),
+            )
+        )
     return out
 
 
 def _title(report: dict[str, Any]) -> str:
     s, m = report["settings"], report["machine"]
     where = m.get("gpu") or "CPU"
-    return (f"{report['model']['name']} on {where}, {s['precision']}, batch {s['batch_size']} × seq {s['seq_len']}, "
-            f"accumulation {s['accumulation_steps']}, r {s['lora_r']}, {s['steps']} timed steps after {s['warmup_steps']} warm-up")
+    return (
+        f"{report['model']['name']} on {where}, {s['precision']}, batch {s['batch_size']} × seq {s['seq_len']}, "
+        f"accumulation {s['accumulation_steps']}, r {s['lora_r']}, {s['steps']} timed steps after {s['warmup_steps']} warm-up"
+    )
 
 
 def notes(report: dict[str, Any]) -> list[str]:
@@ -69,9 +82,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [""] + [f"- {n}" for n in notes(report)]
     m = report["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
-    lines += [f"- machine: {m.get('gpu') or 'CPU'}" + (f" (driver {m['driver']})" if m.get("driver") else "")
-              + f", Python {m['python']}; {versions}",
-              "- command: `" + " ".join(m["command"]) + "`"]
+    lines += [
+        f"- machine: {m.get('gpu') or 'CPU'}"
+        + (f" (driver {m['driver']})" if m.get("driver") else "")
+        + f", Python {m['python']}; {versions}",
+        "- command: `" + " ".join(m["command"]) + "`",
+    ]
     env = m.get("environment") or {}
     if env:
         lines.append("- environment: " + ", ".join(f"`{k}={v}`" for k, v in env.items()))
@@ -88,8 +104,11 @@ def chart(report: dict[str, Any], path: Path) -> None:
 
     ok = [r for r in report["systems"] if r["status"] == "ok"]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(ok) + 2), 4.2))
-    bars = ax.bar([r["system"] for r in ok], [r["tokens_per_s"] for r in ok],
-                  color=["#888888" if r["system"] == "hf-reference" else "#3b6fb6" for r in ok])
+    bars = ax.bar(
+        [r["system"] for r in ok],
+        [r["tokens_per_s"] for r in ok],
+        color=["#888888" if r["system"] == "hf-reference" else "#3b6fb6" for r in ok],
+    )
     for bar, r in zip(bars, ok):
         label = f"loss {r['loss']:.4f}"
         if r.get("ratio_to_hf_reference") is not None:

@@ -5,6 +5,7 @@ The parent never imports a framework: it validates the settings once, starts
 worker's log, and reads back one result line. Derived figures (MFU, ratio to hf-reference,
 loss difference) are computed here, the same way for everybody.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,13 +15,14 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from loraswitch.core.errors import UserError
 from loraswitch.core.bench.protocol import HF_REFERENCE, BenchSettings, flops_per_token, matmul_params, model_config_of
 from loraswitch.core.bench.worker import RESULT_MARKER
+from loraswitch.core.errors import UserError
 
 # Losses of systems that start from independently drawn LoRA weights and dropout masks, in bf16,
 # agree to about 1% after a few steps; a larger gap means a system computes a different loss.
@@ -53,7 +55,9 @@ def parse_systems(text: str | None, known: dict[str, str | None]) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     for n in names:
         if any(c in n for c in ":=@"):
-            raise UserError(f"bench: --systems {n!r}: per-system settings are not allowed; every system runs the same settings")
+            raise UserError(
+                f"bench: --systems {n!r}: per-system settings are not allowed; every system runs the same settings"
+            )
         if n not in known:
             raise UserError(f"bench: --systems: unknown system {n!r}; known: {', '.join(known)}")
     if len(set(names)) != len(names):
@@ -65,7 +69,15 @@ def parse_systems(text: str | None, known: dict[str, str | None]) -> list[str]:
 
 def run_worker(system: str, settings: BenchSettings, log_path: Path, timeout_s: float | None) -> dict[str, Any]:
     """Start one worker, log its output to ``log_path``, return its result line."""
-    cmd = [sys.executable, "-m", "loraswitch.core.bench.worker", "--system", system, "--settings", settings.model_dump_json()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "loraswitch.core.bench.worker",
+        "--system",
+        system,
+        "--settings",
+        settings.model_dump_json(),
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t = time.perf_counter()
     # stdout and stderr go straight to the log, so a long GPU run can be watched while it runs.
@@ -77,7 +89,7 @@ def run_worker(system: str, settings: BenchSettings, log_path: Path, timeout_s: 
     wall_s = time.perf_counter() - t
     lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.startswith(RESULT_MARKER)]
     if lines:
-        result = json.loads(lines[-1][len(RESULT_MARKER):])
+        result = json.loads(lines[-1][len(RESULT_MARKER) :])
     elif rc is None:
         result = {"status": "failed", "error": f"timed out after {timeout_s:.0f} s"}
     else:
@@ -102,9 +114,11 @@ def derive(results: list[dict[str, Any]], settings: BenchSettings) -> None:
         # MFU against a GPU's peak means nothing for a CPU run.
         r["mfu"] = r["tokens_per_s"] * fpt / settings.peak_flops if on_gpu else None
         r["loss_finite"] = math.isfinite(r["loss"])
-        comparable = ref is not None and _same_job(r, ref)
-        r["ratio_to_hf_reference"] = r["tokens_per_s"] / ref["tokens_per_s"] if comparable else None
-        if comparable and r["loss_finite"] and math.isfinite(ref["loss"]):
+        if ref is None or not _same_job(r, ref):
+            r["ratio_to_hf_reference"] = r["loss_rel_diff_to_hf_reference"] = r["loss_matches_hf_reference"] = None
+            continue
+        r["ratio_to_hf_reference"] = r["tokens_per_s"] / ref["tokens_per_s"]
+        if r["loss_finite"] and math.isfinite(ref["loss"]):
             rel = abs(r["loss"] - ref["loss"]) / max(abs(ref["loss"]), 1e-12)
             r["loss_rel_diff_to_hf_reference"] = rel
             r["loss_matches_hf_reference"] = rel <= LOSS_REL_TOLERANCE
@@ -132,6 +146,7 @@ def mismatches(results: list[dict[str, Any]]) -> list[str]:
 
 def machine_facts(command: list[str]) -> dict[str, Any]:
     """What a reader needs to reproduce or judge the numbers, gathered without importing a framework."""
+
     def version(dist: str) -> str | None:
         try:
             return metadata.version(dist)
@@ -142,7 +157,10 @@ def machine_facts(command: list[str]) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "versions": {d: version(d) for d in ("loraswitch", "torch", "transformers", "peft", "jax", "jaxlib", "flax", "optax", "numpy")},
+        "versions": {
+            d: version(d)
+            for d in ("loraswitch", "torch", "transformers", "peft", "jax", "jaxlib", "flax", "optax", "numpy")
+        },
         "command": command,
         # Backend performance switches (LORASWITCH_JAX_REMAT, XLA_FLAGS, ...) change the numbers
         # without being settings, so the report keeps them beside the command line.
@@ -151,8 +169,16 @@ def machine_facts(command: list[str]) -> dict[str, Any]:
         "driver": None,
     }
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+        out = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
         if out:
             name, driver, mem = (x.strip() for x in out[0].split(","))
             facts.update(gpu=name, driver=driver, gpu_memory=mem, gpu_count=len(out))
@@ -161,9 +187,16 @@ def machine_facts(command: list[str]) -> dict[str, Any]:
     return facts
 
 
-def run_bench(settings: BenchSettings, systems: list[str], out_dir: Path, *, command: list[str],
-              timeout_s: float | None = None, skipped: dict[str, str] | None = None,
-              progress: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+def run_bench(
+    settings: BenchSettings,
+    systems: list[str],
+    out_dir: Path,
+    *,
+    command: list[str],
+    timeout_s: float | None = None,
+    skipped: dict[str, str] | None = None,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> dict[str, Any]:
     """Run ``systems`` one after the other and return the report dict (also what results.json holds)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = model_config_of(settings.shape)
@@ -176,14 +209,34 @@ def run_bench(settings: BenchSettings, systems: list[str], out_dir: Path, *, com
         progress(f"{name}: running")
         r = run_worker(name, settings, out_dir / f"worker-{name}.log", timeout_s)
         results.append(r)
-        progress(f"{name}: {r['status']}" + (f" ({r['error']})" if r["status"] != "ok" else f", {r['tokens_per_s']:,.0f} tokens/s, loss {r['loss']:.4f}"))
+        progress(
+            f"{name}: {r['status']}"
+            + (
+                f" ({r['error']})"
+                if r["status"] != "ok"
+                else f", {r['tokens_per_s']:,.0f} tokens/s, loss {r['loss']:.4f}"
+            )
+        )
     derive(results, settings)
     return {
         "settings": settings.model_dump(mode="json"),
-        "model": {"name": settings.model, "matmul_params": matmul_params(config),
-                  "flops_per_token": flops_per_token(config, settings.seq_len),
-                  **{k: config.get(k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                                 "num_attention_heads", "num_key_value_heads", "vocab_size", "tie_word_embeddings")}},
+        "model": {
+            "name": settings.model,
+            "matmul_params": matmul_params(config),
+            "flops_per_token": flops_per_token(config, settings.seq_len),
+            **{
+                k: config.get(k)
+                for k in (
+                    "hidden_size",
+                    "intermediate_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "num_key_value_heads",
+                    "vocab_size",
+                    "tie_word_embeddings",
+                )
+            },
+        },
         "machine": machine_facts(command),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "problems": mismatches(results),

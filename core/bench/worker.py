@@ -6,6 +6,7 @@ A fresh process per system keeps frameworks from sharing a device, an allocator 
 cache with each other, so no system is measured in another's shadow. The parent (``runner``)
 reads the line that starts with ``RESULT_MARKER``; everything else on stdout/stderr is the log.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,15 @@ class BackendSystem:
         weight = 1.0 / settings.targets_per_window
         ones = np.ones(tokens.shape[1:], np.int32)
         self.micros = [
-            MicroStep(batch=Batch(input_ids=t, attention_mask=ones, labels=t), weight=weight,
-                      apply_update=(i % accum == accum - 1), lr=settings.learning_rate,
-                      step=i // accum, micro=i % accum, window_size=accum)
+            MicroStep(
+                batch=Batch(input_ids=t, attention_mask=ones, labels=t),
+                weight=weight,
+                apply_update=(i % accum == accum - 1),
+                lr=settings.learning_rate,
+                step=i // accum,
+                micro=i % accum,
+                window_size=accum,
+            )
             for i, t in enumerate(tokens)
         ]
 
@@ -46,19 +53,30 @@ class BackendSystem:
         from loraswitch.core.plugins import create_backend
 
         s = self.settings
-        config = validate({
-            "backend": self.name, "model": s.model, "lora_r": s.lora_r, "lora_alpha": s.lora_alpha,
-            "lora_dropout": s.lora_dropout, "lora_target_modules": list(s.lora_target_modules),
-            "precision": s.precision, "seed": s.seed, "learning_rate_multiplier": s.learning_rate,
-            "weight_decay": s.weight_decay, "batch_size": s.batch_size,
-            "accumulation_steps": s.accumulation_steps, "max_seq_len": s.seq_len,
-        }, origin="bench")
+        config = validate(
+            {
+                "backend": self.name,
+                "model": s.model,
+                "lora_r": s.lora_r,
+                "lora_alpha": s.lora_alpha,
+                "lora_dropout": s.lora_dropout,
+                "lora_target_modules": list(s.lora_target_modules),
+                "precision": s.precision,
+                "seed": s.seed,
+                "learning_rate_multiplier": s.learning_rate,
+                "weight_decay": s.weight_decay,
+                "batch_size": s.batch_size,
+                "accumulation_steps": s.accumulation_steps,
+                "max_seq_len": s.seq_len,
+            },
+            origin="bench",
+        )
         self.backend = create_backend(self.name)
         self.backend.load(self.source, config, train=True)
 
     def window(self, step: int) -> list[Any]:
         accum = self.settings.accumulation_steps
-        return [self.backend.micro_step(m) for m in self.micros[step * accum:(step + 1) * accum]]
+        return [self.backend.micro_step(m) for m in self.micros[step * accum : (step + 1) * accum]]
 
     @staticmethod
     def window_loss(values: list[Any]) -> float:
@@ -165,8 +183,8 @@ def measure(system: Any, settings: BenchSettings) -> dict[str, Any]:
 
 
 def build_system(name: str, settings: BenchSettings) -> Any:
-    from loraswitch.core.models.sources import resolve_model
     from loraswitch.core.bench.protocol import model_config_of
+    from loraswitch.core.models.sources import resolve_model
 
     source = resolve_model(settings.model)
     tokens = synthetic_tokens(settings, model_config_of(settings.shape)["vocab_size"])

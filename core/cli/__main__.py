@@ -1,4 +1,5 @@
 """``python -m loraswitch.core.cli`` (how torchrun and the tests start a run)."""
+
 import sys
 
 from loraswitch.core.cli.app import main

@@ -9,6 +9,7 @@ each has ``HELP``, ``add_arguments(parser)`` and ``run(args) -> exit code``. Add
 Every ``UserError`` is printed as one line, ``error: ...``, with exit code 2; ``--debug`` (or
 LORASWITCH_DEBUG=1) shows the traceback too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,19 +47,30 @@ def _command_module(name: str) -> Any:
     return importlib.import_module(f"loraswitch.core.cli.commands.{COMMANDS[name]}")
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+def build_parser() -> tuple[_Parser, dict[str, _Parser]]:
     debug = _Parser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show tracebacks (also LORASWITCH_DEBUG=1)")
-    parser = _Parser(prog="loraswitch", description="LoRA fine-tuning with pluggable PyTorch and JAX backends.",
-                     parents=[debug], allow_abbrev=False)
+    debug.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks (also LORASWITCH_DEBUG=1)"
+    )
+    parser = _Parser(
+        prog="loraswitch",
+        description="LoRA fine-tuning with pluggable PyTorch and JAX backends.",
+        parents=[debug],
+        allow_abbrev=False,
+    )
     parser.add_argument("--version", action="version", version=f"loraswitch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers = {}
     for name in COMMANDS:
         module = _command_module(name)
-        p = sub.add_parser(name, help=module.HELP, description=module.__doc__, parents=[debug],
-                           formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.__doc__,
+            parents=[debug],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,
+        )
         module.add_arguments(p)
         p.set_defaults(_module=module)
         subparsers[name] = p
@@ -97,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         command = next((a for a in argv if not a.startswith("-")), None)
         overrides: list[str] = []
         if command in subparsers and getattr(_command_module(command), "TAKES_OVERRIDES", False):
-            before, after = argv[:argv.index(command) + 1], argv[argv.index(command) + 1:]
+            before, after = argv[: argv.index(command) + 1], argv[argv.index(command) + 1 :]
             after, overrides = split_overrides(after, subparsers[command])
             argv = before + after
         args = parser.parse_args(argv)

@@ -4,9 +4,10 @@ The epoch order depends only on (seed, epoch), never on device count or backend,
 backend trains on the same examples in the same order, and a resumed run can recompute the
 order of the epoch it stopped in.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,8 +21,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, _ORDER_STREAM, epoch]).permutation(n)
 
 
-def collate(examples: Sequence[TokenizedExample], batch_size: int, pad_id: int,
-            pad_to_multiple: int = 16, max_len: int | None = None) -> Batch:
+def collate(
+    examples: Sequence[TokenizedExample],
+    batch_size: int,
+    pad_id: int,
+    pad_to_multiple: int = 16,
+    max_len: int | None = None,
+) -> Batch:
     """Right-pad ``examples`` into a [batch_size, T] Batch.
 
     T is the longest example rounded up to ``pad_to_multiple`` (so jit-compiling backends see
@@ -48,7 +54,7 @@ def collate(examples: Sequence[TokenizedExample], batch_size: int, pad_id: int,
         input_ids[row, :n] = ex.input_ids
         attention_mask[row, :n] = 1
         labels[row, :n] = np.where(ex.loss_mask, ex.input_ids, IGNORE_INDEX)
-    attention_mask[len(examples):, 0] = 1
+    attention_mask[len(examples) :, 0] = 1
     return Batch(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
 

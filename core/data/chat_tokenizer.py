@@ -8,26 +8,36 @@ with the content's first letter is needed to produce that letter, so it is train
 Tokenising prefixes separately can merge differently at the boundary (BPE), which would
 shift the mask by a token; offsets into the one real tokenisation cannot.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from loraswitch.core.types import TokenizedExample
+from loraswitch.core.data.jsonl import Message, Record, parse_record
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.json_file import read_json_object
-from loraswitch.core.data.jsonl import Message, Record, parse_record
+from loraswitch.core.types import TokenizedExample
 
 # Strings that end a turn in the templates of common model families; those present in both the
 # vocabulary and the chat template become stop ids and targets after assistant content.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|end_of_text|>",
-                      "<|endoftext|>", "</s>", "<|eom_id|>")
+END_OF_TURN_TOKENS = (
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|end_of_text|>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+)
 
 
 @dataclass(frozen=True)
@@ -48,9 +58,17 @@ class _Plan:
 class ChatTokenizer:
     """Encodes records and prompts the way the model was trained to see them."""
 
-    def __init__(self, tokenizer: Any, chat_template: str | None = None, *, bos_token: str | None = None,
-                 eos_token: str | None = None, pad_token: str | None = None,
-                 extra_eos_ids: Sequence[int] = (), source: str = "tokenizer"):
+    def __init__(
+        self,
+        tokenizer: Any,
+        chat_template: str | None = None,
+        *,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+        extra_eos_ids: Sequence[int] = (),
+        source: str = "tokenizer",
+    ):
         self._tok = tokenizer
         self.source = source
         self.bos_token = bos_token
@@ -58,8 +76,9 @@ class ChatTokenizer:
         self.chat_template = chat_template
         self._template = _compile_template(chat_template, source) if chat_template else None
         self.eos_id = self._id_of(eos_token)
-        self._end_markers = [t for t in END_OF_TURN_TOKENS
-                             if self._id_of(t) is not None and chat_template and t in chat_template]
+        self._end_markers = [
+            t for t in END_OF_TURN_TOKENS if self._id_of(t) is not None and chat_template and t in chat_template
+        ]
         if eos_token and self.eos_id is not None and eos_token not in self._end_markers:
             self._end_markers.append(eos_token)
         ids = [self.eos_id] + [self._id_of(t) for t in self._end_markers] + list(extra_eos_ids)
@@ -69,7 +88,7 @@ class ChatTokenizer:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_dir(cls, model_dir: str | Path) -> "ChatTokenizer":
+    def from_dir(cls, model_dir: str | Path) -> ChatTokenizer:
         """Load tokenizer.json, tokenizer_config.json (special tokens, chat_template) and, when
         present, chat_template.jinja and generation_config.json's eos ids, as HF writes them."""
         from tokenizers import Tokenizer
@@ -100,10 +119,19 @@ class ChatTokenizer:
         extra = [gen_eos] if isinstance(gen_eos, int) else [i for i in (gen_eos or []) if isinstance(i, int)]
         eos = _token_str(cfg.get("eos_token"))
         if eos is not None and tok.token_to_id(eos) is None:
-            raise UserError(f"{d / 'tokenizer_config.json'}: eos_token {eos!r} is not in {tok_file.name}'s "
-                            "vocabulary; the two files do not belong together")
-        return cls(tok, template, bos_token=_token_str(cfg.get("bos_token")), eos_token=eos or _guess_eos(tok),
-                   pad_token=_token_str(cfg.get("pad_token")), extra_eos_ids=extra, source=source)
+            raise UserError(
+                f"{d / 'tokenizer_config.json'}: eos_token {eos!r} is not in {tok_file.name}'s "
+                "vocabulary; the two files do not belong together"
+            )
+        return cls(
+            tok,
+            template,
+            bos_token=_token_str(cfg.get("bos_token")),
+            eos_token=eos or _guess_eos(tok),
+            pad_token=_token_str(cfg.get("pad_token")),
+            extra_eos_ids=extra,
+            source=source,
+        )
 
     def _id_of(self, token: str | None) -> int | None:
         return self._tok.token_to_id(token) if token else None
@@ -133,13 +161,14 @@ class ChatTokenizer:
         token (text), each followed by its end-of-turn/EOS token so the model learns to stop."""
         return self.encode_records([record], max_seq_len)[0]
 
-    def encode_records(self, records: Sequence[Record | dict], max_seq_len: int,
-                       chunk: int = 1024) -> list[tuple[TokenizedExample, bool]]:
+    def encode_records(
+        self, records: Sequence[Record | dict], max_seq_len: int, chunk: int = 1024
+    ) -> list[tuple[TokenizedExample, bool]]:
         """``encode_record`` over many records; tokenises in batches, which the tokenizers
         library runs on all cores (tokenising is most of the time of loading a dataset)."""
         out: list[tuple[TokenizedExample, bool]] = []
         for lo in range(0, len(records), chunk):
-            plans = [self._plan(r if isinstance(r, Record) else parse_record(r)) for r in records[lo:lo + chunk]]
+            plans = [self._plan(r if isinstance(r, Record) else parse_record(r)) for r in records[lo : lo + chunk]]
             encodings: list[Any] = [None] * len(plans)
             for special in (True, False):  # encode_batch takes one add_special_tokens for all
                 idx = [i for i, p in enumerate(plans) if p.add_special_tokens == special]
@@ -150,7 +179,7 @@ class ChatTokenizer:
             out.extend(self._finish(p, enc, max_seq_len) for p, enc in zip(plans, encodings))
         return out
 
-    def encode_prompt(self, prompt: str | Sequence[dict | Message]) -> list[int]:
+    def encode_prompt(self, prompt: str | Sequence[dict[str, str] | Message]) -> list[int]:
         """Ids to generate from: a string becomes one user turn; the template's generation
         prompt is appended. Without a chat template the string is encoded as is."""
         if isinstance(prompt, str):
@@ -158,7 +187,7 @@ class ChatTokenizer:
                 return self._tok.encode(prompt, add_special_tokens=True).ids
             messages = [Message("user", prompt)]
         else:
-            messages = [m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in prompt]
+            messages = [_as_message(m) for m in prompt]
         text = self.render(messages, add_generation_prompt=True, where="prompt")
         return self._tok.encode(text, add_special_tokens=False).ids
 
@@ -172,15 +201,19 @@ class ChatTokenizer:
         try:
             return self._template.render(
                 messages=[{"role": m.role, "content": m.content} for m in messages],
-                add_generation_prompt=add_generation_prompt, bos_token=self.bos_token or "",
-                eos_token=self.eos_token or "", tools=None, documents=None)
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token or "",
+                eos_token=self.eos_token or "",
+                tools=None,
+                documents=None,
+            )
         except _TemplateError as e:
             raise UserError(f"{where}: chat template of {self.source} refused this conversation: {e}") from e
         except Exception as e:
             raise UserError(f"{where}: chat template of {self.source} failed: {type(e).__name__}: {e}") from e
 
     # ------------------------------------------------------------------ internals
-    def _plan(self, record: Record) -> "_Plan":
+    def _plan(self, record: Record) -> _Plan:
         """The string to tokenise for a record and the character spans that are targets."""
         if record.kind == "text":
             return _Plan(record.text, (), add_special_tokens=True, append_eos=True, all_targets=True)
@@ -188,14 +221,18 @@ class ChatTokenizer:
             # No chat template: prompt and completion are concatenated as plain text.
             text = record.prompt + record.completion
             return _Plan(text, (_Span(len(record.prompt), len(text)),), add_special_tokens=True, append_eos=True)
-        messages = list(record.messages) if record.kind == "chat" else [
-            Message("user", record.prompt), Message("assistant", record.completion)]
+        messages = (
+            list(record.messages)
+            if record.kind == "chat"
+            else [Message("user", record.prompt), Message("assistant", record.completion)]
+        )
         text = self.render(messages, where=record.where)
         # The template writes BOS itself if the model wants one, as transformers assumes.
-        return _Plan(text, tuple(self._assistant_spans(messages, text, record.where)),
-                     add_special_tokens=False, append_eos=False)
+        return _Plan(
+            text, tuple(self._assistant_spans(messages, text, record.where)), add_special_tokens=False, append_eos=False
+        )
 
-    def _finish(self, plan: "_Plan", enc: Any, max_seq_len: int) -> tuple[TokenizedExample, bool]:
+    def _finish(self, plan: _Plan, enc: Any, max_seq_len: int) -> tuple[TokenizedExample, bool]:
         ids = np.asarray(enc.ids, dtype=np.int32)
         offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
         starts, ends = offsets[:, 0], offsets[:, 1]
@@ -232,8 +269,10 @@ class ChatTokenizer:
             hi = len(upto) if full.startswith(upto) else len(full)
             span = _find_content(full, m.content, lo, hi)
             if span is None:
-                raise UserError(f"{where}: the chat template of {self.source} does not reproduce assistant "
-                                f"message {i}'s content verbatim, so its loss mask cannot be computed")
+                raise UserError(
+                    f"{where}: the chat template of {self.source} does not reproduce assistant "
+                    f"message {i}'s content verbatim, so its loss mask cannot be computed"
+                )
             spans.append(_Span(span.start, self._end_of_turn(full, span.end)))
         return spans
 
@@ -314,8 +353,9 @@ def _compile_template(source_text: str, source: str):
         def _render(self, caller):
             return caller()
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols", GenerationTag])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols", GenerationTag]
+    )
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -343,3 +383,7 @@ def _guess_eos(tok: Any) -> str | None:
         if tok.token_to_id(t) is not None:
             return t
     return None
+
+
+def _as_message(m: dict[str, str] | Message) -> Message:
+    return m if isinstance(m, Message) else Message(m["role"], m["content"])

@@ -4,6 +4,7 @@ The split is made on records, before tokenisation, so it depends only on the dat
 seed and training_split: changing max_seq_len or the backend never moves an example from one
 side to the other, and a resumed run sees exactly the split of the run it continues.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from loraswitch.core.types import TokenizedExample
-from loraswitch.core.errors import UserError
 from loraswitch.core.data.jsonl import Record, read_jsonl
+from loraswitch.core.errors import UserError
+from loraswitch.core.types import TokenizedExample
 
 if TYPE_CHECKING:
     from loraswitch.core.config import Config
@@ -34,9 +35,13 @@ class Datasets:
     n_examples: int  # records read, over both files
 
     def summary(self) -> dict[str, int]:
-        return {"train_examples": len(self.train), "validation_examples": len(self.validation),
-                "truncated_examples": self.n_truncated, "dropped_examples": self.n_dropped,
-                "examples_read": self.n_examples}
+        return {
+            "train_examples": len(self.train),
+            "validation_examples": len(self.validation),
+            "truncated_examples": self.n_truncated,
+            "dropped_examples": self.n_dropped,
+            "examples_read": self.n_examples,
+        }
 
 
 def split_indices(n: int, training_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,26 +63,38 @@ def load_datasets(config: Config, tokenizer: ChatTokenizer) -> Datasets:
     else:
         train_idx, val_idx = split_indices(len(records), config.training_split, config.seed)
         if len(train_idx) == 0 or len(val_idx) == 0:
-            raise UserError(f"{config.data}: {len(records)} record(s) with training_split {config.training_split} "
-                            "leave the validation split empty; add records or give validation_data")
+            raise UserError(
+                f"{config.data}: {len(records)} record(s) with training_split {config.training_split} "
+                "leave the validation split empty; add records or give validation_data"
+            )
         train_records = [records[i] for i in train_idx]
         val_records = [records[i] for i in val_idx]
 
     counts = {"truncated": 0, "dropped": 0}
     train = _tokenize(train_records, tokenizer, config.max_seq_len, counts)
     validation = _tokenize(val_records, tokenizer, config.max_seq_len, counts)
-    for name, examples, source in (("training", train, config.data),
-                                   ("validation", validation, config.validation_data or config.data)):
+    for name, examples, source in (
+        ("training", train, config.data),
+        ("validation", validation, config.validation_data or config.data),
+    ):
         if not examples:
-            raise UserError(f"{source}: the {name} split has no example with a target token left after "
-                            f"truncation to max_seq_len {config.max_seq_len} "
-                            f"({len(records)} record(s), training_split {config.training_split})")
-    return Datasets(train, validation, counts["truncated"], counts["dropped"],
-                    len(records) + (len(val_records) if config.validation_data else 0))
+            raise UserError(
+                f"{source}: the {name} split has no example with a target token left after "
+                f"truncation to max_seq_len {config.max_seq_len} "
+                f"({len(records)} record(s), training_split {config.training_split})"
+            )
+    return Datasets(
+        train,
+        validation,
+        counts["truncated"],
+        counts["dropped"],
+        len(records) + (len(val_records) if config.validation_data else 0),
+    )
 
 
-def _tokenize(records: list[Record], tokenizer: ChatTokenizer, max_seq_len: int,
-              counts: dict[str, int]) -> list[TokenizedExample]:
+def _tokenize(
+    records: list[Record], tokenizer: ChatTokenizer, max_seq_len: int, counts: dict[str, int]
+) -> list[TokenizedExample]:
     out = []
     for example, truncated in tokenizer.encode_records(records, max_seq_len):
         counts["truncated"] += int(truncated)

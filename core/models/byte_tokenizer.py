@@ -4,6 +4,7 @@ Ids 0-255 are the bytes (through GPT-2's byte-to-unicode map, so the ``tokenizer
 pre-tokenizer and decoder round-trip every string), then three specials. The chat template is
 ChatML, the same as SmolLM2's, so data and prompts look alike on random and real models.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,14 @@ def write_byte_tokenizer(directory: str | Path) -> None:
 
 def tokenizer_config() -> dict:
     added = {
-        str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                 "single_word": False, "special": True}
+        str(i): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
         for i, t in enumerate(SPECIAL_TOKENS, start=256)
     }
     return {

@@ -4,14 +4,15 @@ A directory is built in a temporary sibling and renamed into place only when com
 manifest of sha256 sums written last. A cache entry without a valid manifest (a killed
 conversion, a truncated file, a disk error) is treated as absent and rebuilt, never used.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from loraswitch.core.files.atomic import fsync_dir, sha256_file
 

@@ -4,6 +4,7 @@ Every problem becomes one line naming the file, so a user sees "config.json: uns
 architecture" rather than a framework traceback. Safetensors headers are parsed here with json
 and struct (no tensor is read), which makes the check cheap even for large models.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,9 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
                 raise UserError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
             (n,) = struct.unpack("<Q", head)
             if n > size - 8 or n > 100_000_000:
-                raise UserError(f"{path}: safetensors header length {n} exceeds the file size {size}; the file is truncated or not safetensors")
+                raise UserError(
+                    f"{path}: safetensors header length {n} exceeds the file size {size}; the file is truncated or not safetensors"
+                )
             header = json.loads(f.read(n))
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from e
@@ -48,7 +51,9 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path}: safetensors entry {name!r} has no valid shape/data_offsets") from e
         if not 0 <= start <= end or end > data_size:
-            raise UserError(f"{path}: tensor {name!r} ends at byte {end} but the file holds {data_size} data bytes; the file is truncated")
+            raise UserError(
+                f"{path}: tensor {name!r} ends at byte {end} but the file holds {data_size} data bytes; the file is truncated"
+            )
         info["shape"] = shape
     return header
 
@@ -70,14 +75,17 @@ def weight_files(path: Path) -> list[Path]:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    return read_json_object(path / "config.json",
-                            if_missing="a model directory needs config.json, tokenizer.json and *.safetensors weights")
+    return read_json_object(
+        path / "config.json", if_missing="a model directory needs config.json, tokenizer.json and *.safetensors weights"
+    )
 
 
 def check_config(config: dict[str, Any], file: Path) -> None:
     archs = config.get("architectures") or []
     if not isinstance(archs, list) or not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise UserError(f"{file}: unsupported architecture {archs!r}; supported (Llama family): {', '.join(SUPPORTED_ARCHITECTURES)}")
+        raise UserError(
+            f"{file}: unsupported architecture {archs!r}; supported (Llama family): {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
     for key in _REQUIRED_KEYS:
         if not isinstance(config.get(key), int) or config[key] <= 0:
             raise UserError(f"{file}: key {key!r} must be a positive integer, got {config.get(key)!r}")
@@ -97,7 +105,9 @@ def validate_model_dir(path: str | Path, *, weights: bool = True) -> None:
         return
     files = weight_files(path)
     if not files:
-        hint = " (pickled .bin/.pt weights are not loaded: convert them to safetensors)" if any(path.glob("*.bin")) else ""
+        hint = (
+            " (pickled .bin/.pt weights are not loaded: convert them to safetensors)" if any(path.glob("*.bin")) else ""
+        )
         raise UserError(f"{path}: no *.safetensors weights{hint}")
     found: dict[str, tuple[Path, list[int]]] = {}
     for f in files:
@@ -112,12 +122,23 @@ def _check_shapes(config: dict[str, Any], found: dict[str, tuple[Path, list[int]
     last = config["num_hidden_layers"] - 1
     wanted = ["model.embed_tokens.weight"]
     for layer in sorted({0, last}):
-        for mod in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
+        for mod in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ):
             wanted.append(f"model.layers.{layer}.{mod}.weight")
     for name in wanted:
         if name not in found:
-            raise UserError(f"{path}: tensor {name!r} is missing from the safetensors weights (config.json says {config['num_hidden_layers']} layers)")
+            raise UserError(
+                f"{path}: tensor {name!r} is missing from the safetensors weights (config.json says {config['num_hidden_layers']} layers)"
+            )
         file, shape = found[name]
         if tuple(shape) != expected[name]:
-            raise UserError(f"{file}: tensor {name!r} has shape {list(shape)} but config.json implies {list(expected[name])}")
+            raise UserError(
+                f"{file}: tensor {name!r} has shape {list(shape)} but config.json implies {list(expected[name])}"
+            )

@@ -3,6 +3,7 @@
 Both backends load the very same files, which is why torch and JAX runs on ``random:tiny`` start
 from identical weights and can be compared number for number.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ def random_weights(config: dict[str, Any], seed: int = 0) -> dict[str, np.ndarra
     return out
 
 
-def write_random_model(directory: str | Path, shape: str | dict[str, Any] = "tiny", seed: int = 0,
-                       with_weights: bool = True) -> Path:
+def write_random_model(
+    directory: str | Path, shape: str | dict[str, Any] = "tiny", seed: int = 0, with_weights: bool = True
+) -> Path:
     """Write config.json, the byte tokenizer and (if ``with_weights``) model.safetensors (fp32).
     ``shape`` is a name from ``core.shapes`` or a config dict. Returns the directory."""
     from safetensors.numpy import save_file
@@ -40,9 +42,17 @@ def write_random_model(directory: str | Path, shape: str | dict[str, Any] = "tin
     directory.mkdir(parents=True, exist_ok=True)
     config = shape_config(shape) if isinstance(shape, str) else dict(shape)
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (directory / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
-        "pad_token_id": config.get("pad_token_id")}, indent=2) + "\n")
+    (directory / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": config["bos_token_id"],
+                "eos_token_id": config["eos_token_id"],
+                "pad_token_id": config.get("pad_token_id"),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     write_byte_tokenizer(directory)
     if with_weights:
         save_file(random_weights(config, seed), str(directory / "model.safetensors"), metadata={"format": "pt"})

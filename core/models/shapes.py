@@ -3,6 +3,7 @@
 ``tiny`` is for tests (its untied lm_head exercises the untied path); the llama-* shapes match
 the public Llama 3.x configurations so benchmark numbers compare with published ones.
 """
+
 from __future__ import annotations
 
 import copy
@@ -10,14 +11,27 @@ from typing import Any
 
 from loraswitch.core.errors import UserError
 
-BYTE_VOCAB = 259  # 256 bytes + <|endoftext|>, <|im_start|>, <|im_end|> (see byte_tokenizer.py)
 BOS_ID, EOS_ID, PAD_ID = 256, 258, 256
 
 
-def llama_config(hidden: int, ffn: int, layers: int, heads: int, kv_heads: int, vocab: int, *, tied: bool,
-                 rope_theta: float, dtype: str, max_pos: int = 2048, head_dim: int | None = None,
-                 rms_norm_eps: float = 1e-5, bos: int | None = BOS_ID, eos: int | None = EOS_ID,
-                 pad: int | None = PAD_ID) -> dict[str, Any]:
+def llama_config(
+    hidden: int,
+    ffn: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    vocab: int,
+    *,
+    tied: bool,
+    rope_theta: float,
+    dtype: str,
+    max_pos: int = 2048,
+    head_dim: int | None = None,
+    rms_norm_eps: float = 1e-5,
+    bos: int | None = BOS_ID,
+    eos: int | None = EOS_ID,
+    pad: int | None = PAD_ID,
+) -> dict[str, Any]:
     """A complete Hugging Face LlamaConfig dict (also used for GGUF conversion)."""
     return {
         "architectures": ["LlamaForCausalLM"],

@@ -4,17 +4,18 @@ Registered like any third-party plugin (``core.plugins.DEFAULT_PLUGINS``); a plu
 ``hf:org/name`` implements the same ``resolve_model_source`` hook and returns None for strings
 that are not its own.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from loraswitch.core.models import cache
 from loraswitch.core import hookimpl
 from loraswitch.core.errors import UserError
+from loraswitch.core.models import cache
 from loraswitch.core.models.model_dir import validate_model_dir
-from loraswitch.core.types import ModelSource
 from loraswitch.core.models.shapes import SHAPES, count_params, shape_config
+from loraswitch.core.types import ModelSource
 
 WRITE_WEIGHTS_BELOW = 50_000_000  # larger random shapes are initialised by the backend, not written to disk
 RANDOM_FORMAT = "v1"  # bump when random_model's output changes, so stale caches are rebuilt
@@ -37,11 +38,11 @@ def resolve_random(shape: str, cache_dir: Path, seed: int = 0) -> ModelSource:
 @hookimpl
 def resolve_model_source(source: str, cache_dir: Path) -> ModelSource | None:
     if source.startswith("random:"):
-        return resolve_random(source[len("random:"):], cache_dir)
+        return resolve_random(source[len("random:") :], cache_dir)
     if source.startswith("builtin:"):
         from loraswitch.core.models import builtin
 
-        return builtin.resolve_builtin(source[len("builtin:"):], cache_dir)
+        return builtin.resolve_builtin(source[len("builtin:") :], cache_dir)
     path = Path(source).expanduser()
     if path.is_dir():
         validate_model_dir(path)
@@ -61,8 +62,11 @@ def register_model_sources(register: Callable[..., None]) -> None:
         n = count_params(config)
         how = "weights on disk" if n < WRITE_WEIGHTS_BELOW else "initialised by the backend"
         path = random_cache_path(root, shape)
-        register(f"random:{shape}", f"random Llama, {n / 1e6:,.1f}M params, byte tokenizer ({how})",
-                 path if (path / cache.MANIFEST).exists() else None)
+        register(
+            f"random:{shape}",
+            f"random Llama, {n / 1e6:,.1f}M params, byte tokenizer ({how})",
+            path if (path / cache.MANIFEST).exists() else None,
+        )
 
 
 def resolve_model(source: str) -> ModelSource:
@@ -72,4 +76,6 @@ def resolve_model(source: str) -> ModelSource:
     results = call_hook("resolve_model_source", source=source, cache_dir=cache.cache_dir())
     if results:
         return results[0]
-    raise UserError(f"model: cannot resolve {source!r}; expected a directory, builtin:NAME or random:SHAPE (shapes: {', '.join(SHAPES)})")
+    raise UserError(
+        f"model: cannot resolve {source!r}; expected a directory, builtin:NAME or random:SHAPE (shapes: {', '.join(SHAPES)})"
+    )

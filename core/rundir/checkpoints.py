@@ -4,14 +4,16 @@ A checkpoint is built as ``checkpoints/.tmp-step-NNNNNN`` and renamed into place
 trainer_state.json is written last and lists every file with its size and sha256, so a
 checkpoint counts as complete only when that file parses and the files it lists are there.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.atomic import fsync_dir, fsync_tree, sha256_file
@@ -77,7 +79,11 @@ def _check_complete(checkpoint: Path) -> tuple[dict[str, Any] | None, str | None
         return None, f"{path}: missing"
     except (OSError, ValueError) as e:
         return None, f"{path}: not valid JSON ({e})"
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or not isinstance(state.get("files"), dict):
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("step"), int)
+        or not isinstance(state.get("files"), dict)
+    ):
         return None, f"{path}: needs an integer 'step' and a 'files' table"
     if state["step"] != _step_of(checkpoint):
         return None, f"{path}: step = {state['step']!r}, but the directory is {checkpoint.name}"
@@ -94,7 +100,7 @@ def _check_complete(checkpoint: Path) -> tuple[dict[str, Any] | None, str | None
 
 def _step_of(checkpoint: Path) -> int | None:
     try:
-        return int(checkpoint.name[len(CHECKPOINT_PREFIX):]) if checkpoint.name.startswith(CHECKPOINT_PREFIX) else None
+        return int(checkpoint.name[len(CHECKPOINT_PREFIX) :]) if checkpoint.name.startswith(CHECKPOINT_PREFIX) else None
     except ValueError:
         return None
 
@@ -123,14 +129,17 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
     killed writer leaves only a .tmp- directory, since a checkpoint is renamed into place once
     complete); silently falling back would discard steps, or the whole run, so it is an error."""
     latest = latest_complete_checkpoint(run_dir)
-    newest = _step_of(latest) if latest is not None else -1
+    latest_step = _step_of(latest) if latest is not None else None
+    newest = -1 if latest_step is None else latest_step
     root = run_dir / CHECKPOINTS
     for p in sorted(root.iterdir()) if root.is_dir() else []:
         step = _step_of(p)
         if step is not None and step > newest and (p / TRAINER_STATE).exists():
             problem = _check_complete(p)[1]
-            raise UserError(f"{problem}; checkpoint {p} is damaged (delete it to resume from "
-                            f"{latest.name if latest else 'the start'})")
+            raise UserError(
+                f"{problem}; checkpoint {p} is damaged (delete it to resume from "
+                f"{latest.name if latest else 'the start'})"
+            )
     return latest
 
 
@@ -139,11 +148,15 @@ def verify_checkpoint(checkpoint: Path) -> dict[str, Any]:
     file is named, with the way out (delete the checkpoint to fall back to the previous one)."""
     state = read_trainer_state(checkpoint)
     if state is None:
-        raise UserError(f"{checkpoint / TRAINER_STATE}: checkpoint is incomplete or its trainer state is not valid JSON")
+        raise UserError(
+            f"{checkpoint / TRAINER_STATE}: checkpoint is incomplete or its trainer state is not valid JSON"
+        )
     for name, info in state["files"].items():
         if sha256_file(checkpoint / name) != info.get("sha256"):
-            raise UserError(f"{checkpoint / name}: checksum differs from {TRAINER_STATE}; the checkpoint is damaged "
-                            f"(delete {checkpoint} to resume from the previous one)")
+            raise UserError(
+                f"{checkpoint / name}: checksum differs from {TRAINER_STATE}; the checkpoint is damaged "
+                f"(delete {checkpoint} to resume from the previous one)"
+            )
     return state
 
 

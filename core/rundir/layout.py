@@ -2,6 +2,7 @@
 kill at any instant leaves it usable: every file is written to a temporary name in its
 directory, fsynced and renamed over the old one (core/files/atomic.py). Checkpoints: checkpoints.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ def check_new_run(run_dir: Path, *, overwrite: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output_dir: {run_dir} exists and is not a directory")
     if is_run_dir_in_use(run_dir) and not overwrite:
-        raise UserError(f"output_dir: {run_dir} already holds a run; continue it with --resume {run_dir}, "
-                        "pass --overwrite to replace it, or choose another --output_dir")
+        raise UserError(
+            f"output_dir: {run_dir} already holds a run; continue it with --resume {run_dir}, "
+            "pass --overwrite to replace it, or choose another --output_dir"
+        )
 
 
 def check_writable(run_dir: Path, need_bytes: int = MIN_FREE_BYTES) -> None:
@@ -49,7 +52,9 @@ def check_writable(run_dir: Path, need_bytes: int = MIN_FREE_BYTES) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise UserError(f"output_dir: cannot write in {probe_dir} ({e.strerror}); choose a writable --output_dir") from e
+        raise UserError(
+            f"output_dir: cannot write in {probe_dir} ({e.strerror}); choose a writable --output_dir"
+        ) from e
     finally:
         try:
             probe.unlink()
@@ -57,8 +62,10 @@ def check_writable(run_dir: Path, need_bytes: int = MIN_FREE_BYTES) -> None:
             pass
     free = shutil.disk_usage(probe_dir).free
     if free < need_bytes:
-        raise UserError(f"output_dir: {probe_dir} has {free / 2**20:.0f} MiB free; this run needs at least "
-                        f"{need_bytes / 2**20:.0f} MiB for its checkpoints; free space or choose another --output_dir")
+        raise UserError(
+            f"output_dir: {probe_dir} has {free / 2**20:.0f} MiB free; this run needs at least "
+            f"{need_bytes / 2**20:.0f} MiB for its checkpoints; free space or choose another --output_dir"
+        )
 
 
 def clear_run_dir(run_dir: Path) -> None:

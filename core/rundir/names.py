@@ -8,6 +8,7 @@ uses these constants, never the literals::
     adapter/           the final adapter, PEFT format
     checkpoints/step-NNNNNN/{adapter/, backend_state/, trainer_state.json}
 """
+
 from __future__ import annotations
 
 CONFIG = "config.yaml"

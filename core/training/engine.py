@@ -15,6 +15,7 @@ Under torchrun (or any multi-process backend) every process runs this same loop 
 global micro-batches; only the main process writes the run directory and calls the observer
 plugins, and stop requests are agreed on by all processes (core/training/parallel.py).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -36,7 +37,7 @@ from loraswitch.core.training.interrupt import StopRequest
 from loraswitch.core.training.schedule import lr_at, plan_epoch, total_steps
 from loraswitch.core.training.state import TrainerState, check_checkpoint_matches
 from loraswitch.core.training.stopping import StopReason, limit_reached
-from loraswitch.core.types import MicroStep, RunContext
+from loraswitch.core.types import Batch, MicroStep, RunContext
 
 
 def train(config: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
@@ -83,12 +84,24 @@ class Recipe:
         self._restore()
         self._prepare_run_dir()
         self.run = RunContext(
-            config=self.config, run_dir=self.run_dir, backend=self.config.backend,
-            total_steps=total_steps(self.config, len(self.rows)), steps_per_epoch=self.windows_per_epoch,
-            start_step=self.state.step, resumed=self.saved is not None, quiet=self.quiet,
-            info={"backend": self.description, "model": self.source.name, "n_train": len(self.data.train),
-                  "n_train_rows": len(self.rows), "n_validation": len(self.data.validation),
-                  "n_truncated": self.data.n_truncated, "n_dropped": self.data.n_dropped})
+            config=self.config,
+            run_dir=self.run_dir,
+            backend=self.config.backend,
+            total_steps=total_steps(self.config, len(self.rows)),
+            steps_per_epoch=self.windows_per_epoch,
+            start_step=self.state.step,
+            resumed=self.saved is not None,
+            quiet=self.quiet,
+            info={
+                "backend": self.description,
+                "model": self.source.name,
+                "n_train": len(self.data.train),
+                "n_train_rows": len(self.rows),
+                "n_validation": len(self.data.validation),
+                "n_truncated": self.data.n_truncated,
+                "n_dropped": self.data.n_dropped,
+            },
+        )
         if not self.quiet and self.main:
             _print_header(self.run, self.state)
         self.notify("on_run_start", run=self.run)
@@ -115,8 +128,9 @@ class Recipe:
         self.source = resolve_model(config.model)
         self.tokenizer = ChatTokenizer.from_dir(self.source.path)
         self.data = load_datasets(config, self.tokenizer)
-        self.fingerprint = {key: data_fingerprint(getattr(config, key))
-                            for key in ("data", "validation_data") if getattr(config, key)}
+        self.fingerprint = {
+            key: data_fingerprint(getattr(config, key)) for key in ("data", "validation_data") if getattr(config, key)
+        }
         # Packing happens once, before shuffling: the rows are then fixed, so the epoch plan (and a
         # resumed run's position in it) does not depend on the order.
         self.rows = pack(self.data.train, config.max_seq_len) if config.packing else self.data.train
@@ -138,8 +152,10 @@ class Recipe:
         parallel.check_divisible(self.config.batch_size, self.comm.data_parallel_size)
         self.main = self.comm.rank == 0
         if self.resume and self.comm.any_true(self.saved is None) and self.comm.any_true(self.saved is not None):
-            raise UserError(f"--resume {self.run_dir}: some processes see a checkpoint there and others do not; "
-                            "put output_dir on a filesystem every host shares")
+            raise UserError(
+                f"--resume {self.run_dir}: some processes see a checkpoint there and others do not; "
+                "put output_dir on a filesystem every host shares"
+            )
         self.description = self.backend.describe()
         trainable = int(self.description.get("params_trainable") or 0)
         # adapter + two AdamW moments in fp32, for each kept checkpoint, a new one and the final adapter
@@ -192,26 +208,41 @@ class Recipe:
     def elapsed(self) -> float:
         return self.elapsed_before + (time.perf_counter() - self.t_loop)
 
-    def run_window(self) -> StopReason | None:
-        """One optimizer step over the next window; NON_FINITE_LOSS if its loss is not finite."""
+    def window_batches(self) -> list[Batch]:
+        """The micro-batches of the next window, in this epoch's order."""
         from loraswitch.core.data.batching import collate, epoch_order
 
         config, state = self.config, self.state
-        t_step = time.perf_counter()
         if self._order[0] != state.epoch:
             self._order = (state.epoch, epoch_order(len(self.rows), config.seed, state.epoch))
         order = self._order[1]
-        batches = [collate([self.rows[order[i]] for i in r], config.batch_size, self.tokenizer.pad_id,
-                           PAD_TO_MULTIPLE, config.max_seq_len) for r in self.windows[state.window]]
+        pad_id = self.tokenizer.pad_id
+        return [
+            collate([self.rows[order[i]] for i in r], config.batch_size, pad_id, PAD_TO_MULTIPLE, config.max_seq_len)
+            for r in self.windows[state.window]
+        ]
+
+    def run_window(self) -> StopReason | None:
+        """One optimizer step over the next window; NON_FINITE_LOSS if its loss is not finite."""
+        state = self.state
+        t_step = time.perf_counter()
+        batches = self.window_batches()
         # The loss is a token mean over the whole window, not a mean of micro-batch means.
         weight = 1.0 / max(1, sum(b.n_targets for b in batches))
-        lr = lr_at(state.step, config)
+        lr = lr_at(state.step, self.config)
         contributions = []
         for j, b in enumerate(batches):
             kill_points.reached("step", state.step + 1, "micro", j)
-            contributions.append(self.backend.micro_step(MicroStep(
-                batch=b, weight=weight, apply_update=j == len(batches) - 1, lr=lr, step=state.step,
-                micro=j, window_size=len(batches))))
+            micro = MicroStep(
+                batch=b,
+                weight=weight,
+                apply_update=j == len(batches) - 1,
+                lr=lr,
+                step=state.step,
+                micro=j,
+                window_size=len(batches),
+            )
+            contributions.append(self.backend.micro_step(micro))
         loss = sum(float(c) for c in contributions)  # one host sync per step
         kill_points.reached("step", state.step + 1, "applied")
         if not math.isfinite(loss):
@@ -224,10 +255,17 @@ class Recipe:
         state.tokens += step_tokens
         state.train_loss = loss
         step_s = time.perf_counter() - t_step
-        self.notify("on_step_end", run=self.run, metrics={
-            "event": "step", "step": state.step, "epoch": state.epoch_progress(self.windows_per_epoch),
-            "loss": loss, "lr": lr, "tokens": state.tokens,
-            "tokens_per_s": step_tokens / step_s if step_s > 0 else 0.0, "elapsed_s": self.elapsed()})
+        metrics = {
+            "event": "step",
+            "step": state.step,
+            "epoch": state.epoch_progress(self.windows_per_epoch),
+            "loss": loss,
+            "lr": lr,
+            "tokens": state.tokens,
+            "tokens_per_s": step_tokens / step_s if step_s > 0 else 0.0,
+            "elapsed_s": self.elapsed(),
+        }
+        self.notify("on_step_end", run=self.run, metrics=metrics)
         return None
 
     def after_step(self) -> StopReason | None:
@@ -258,16 +296,31 @@ class Recipe:
             kill_points.reached("eval", state.step, "batch", next(batch_index))
             return self.comm.any_true(self.stop.requested)
 
-        result = eval_loss(self.backend, self.data.validation, batch_size=self.config.batch_size,
-                           pad_id=self.tokenizer.pad_id, max_len=self.config.max_seq_len,
-                           max_batches=self.config.eval_batches, should_stop=should_stop)
+        result = eval_loss(
+            self.backend,
+            self.data.validation,
+            batch_size=self.config.batch_size,
+            pad_id=self.tokenizer.pad_id,
+            max_len=self.config.max_seq_len,
+            max_batches=self.config.eval_batches,
+            should_stop=should_stop,
+        )
         if result is None:
             return False
         state.eval_loss, state.eval_step = result[0], state.step
         if math.isfinite(result[0]):
-            self.notify("on_eval", run=self.run, metrics={
-                "event": "eval", "step": state.step, "epoch": state.epoch_progress(self.windows_per_epoch),
-                "eval_loss": result[0], "eval_tokens": result[1], "elapsed_s": self.elapsed()})
+            self.notify(
+                "on_eval",
+                run=self.run,
+                metrics={
+                    "event": "eval",
+                    "step": state.step,
+                    "epoch": state.epoch_progress(self.windows_per_epoch),
+                    "eval_loss": result[0],
+                    "eval_tokens": result[1],
+                    "elapsed_s": self.elapsed(),
+                },
+            )
         return True
 
     def save_checkpoint(self) -> None:
@@ -300,8 +353,10 @@ class Recipe:
             # After a non-finite loss that is the last good state, never the diverged weights
             # still in the backend.
             if self.main:
-                atomic.replace_dir(self.run_dir / names.ADAPTER,
-                                   lambda tmp: shutil.copytree(latest / names.ADAPTER, tmp, dirs_exist_ok=True))
+                atomic.replace_dir(
+                    self.run_dir / names.ADAPTER,
+                    lambda tmp: shutil.copytree(latest / names.ADAPTER, tmp, dirs_exist_ok=True),
+                )
             adapter_step = (checkpoints.read_trainer_state(latest) or {}).get("step")
         summary = self.summary(reason, adapter_step)
         kill_points.reached("final", "summary")
@@ -364,9 +419,12 @@ def _finite_or_none(x: float | None) -> float | None:
 def _print_header(run: RunContext, state: TrainerState) -> None:
     info = run.info
     what = f"resuming at step {state.step}" if run.resumed else "training"
-    print(f"loraswitch: {what} {info['model']} on backend {run.backend} "
-          f"({info['n_train']} train / {info['n_validation']} validation examples, "
-          f"{info['n_truncated']} truncated, up to {run.total_steps} steps) -> {run.run_dir}", file=sys.stderr)
+    print(
+        f"loraswitch: {what} {info['model']} on backend {run.backend} "
+        f"({info['n_train']} train / {info['n_validation']} validation examples, "
+        f"{info['n_truncated']} truncated, up to {run.total_steps} steps) -> {run.run_dir}",
+        file=sys.stderr,
+    )
 
 
 # ---------------------------------------------------------------- resume: whose config wins
@@ -392,6 +450,9 @@ def resume_config(run_dir: str | Path, cli: dict[str, Any] | None = None, *, qui
             ignored.append(key)
     config = validate(values, str(run_dir / names.CONFIG))
     if ignored and not quiet:
-        print(f"loraswitch: resuming {run_dir}: its config.yaml wins for {', '.join(ignored)} "
-              f"(only {', '.join(EXTENDABLE)} may change on resume)", file=sys.stderr)
+        print(
+            f"loraswitch: resuming {run_dir}: its config.yaml wins for {', '.join(ignored)} "
+            f"(only {', '.join(EXTENDABLE)} may change on resume)",
+            file=sys.stderr,
+        )
     return config

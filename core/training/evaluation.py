@@ -2,26 +2,35 @@
 
 Shared by the engine's periodic eval and ``loraswitch evaluate``, so both report the same number.
 """
+
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from loraswitch.core.data.batching import collate
 from loraswitch.core.training.schedule import micro_batches
 
 if TYPE_CHECKING:
     from loraswitch.core.backend import Backend
-    from loraswitch.core.types import TokenizedExample
-    from loraswitch.core.data.jsonl import Record
     from loraswitch.core.data.chat_tokenizer import ChatTokenizer
+    from loraswitch.core.data.jsonl import Record
+    from loraswitch.core.types import TokenizedExample
 
 PAD_TO_MULTIPLE = 16
 
 
-def eval_loss(backend: Backend, examples: Sequence[TokenizedExample], *, batch_size: int, pad_id: int,
-              max_len: int | None, max_batches: int | None = None,
-              should_stop: Callable[[], bool] = lambda: False) -> tuple[float, int] | None:
+def eval_loss(
+    backend: Backend,
+    examples: Sequence[TokenizedExample],
+    *,
+    batch_size: int,
+    pad_id: int,
+    max_len: int | None,
+    max_batches: int | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[float, int] | None:
     """(token-mean loss, target tokens) over ``examples`` in their stored order, at most
     ``max_batches`` micro-batches; None if ``should_stop()`` turned true part way."""
     ranges = micro_batches(len(examples), batch_size)
@@ -60,9 +69,15 @@ def reference_pair(record: Record) -> tuple[list, str] | None:
     return None
 
 
-def exact_match(backend: Backend, tokenizer: ChatTokenizer, records: Sequence[Record], *,
-                max_new_tokens: int = 256, samples: list[dict] | None = None,
-                n_samples: int = 2) -> tuple[float, int] | None:
+def exact_match(
+    backend: Backend,
+    tokenizer: ChatTokenizer,
+    records: Sequence[Record],
+    *,
+    max_new_tokens: int = 256,
+    samples: list[dict] | None = None,
+    n_samples: int = 2,
+) -> tuple[float, int] | None:
     """Fraction of prompt/answer records whose greedy generation equals the reference
     (whitespace-stripped), and how many were scored; None if no record has a reference.
     The first ``n_samples`` (prompt, answer, reference) are appended to ``samples`` if given."""
@@ -76,8 +91,9 @@ def exact_match(backend: Backend, tokenizer: ChatTokenizer, records: Sequence[Re
             prompt_ids = tokenizer.encode_prompt(record.prompt)
         else:
             prompt_ids = tokenizer.encode_prompt(messages)
-        new_ids = backend.generate(prompt_ids, max_new_tokens=max_new_tokens, temperature=0.0,
-                                   stop_ids=tokenizer.eos_ids)
+        new_ids = backend.generate(
+            prompt_ids, max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=tokenizer.eos_ids
+        )
         answer = tokenizer.decode(new_ids).strip()
         hits += int(answers_match(answer, reference))
         scored += 1

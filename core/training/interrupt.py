@@ -5,11 +5,13 @@ middle of a window would leave half-accumulated gradients inside the backend's o
 (optax.MultiSteps keeps them there), so the checkpoint would not be the state of a step.
 A second Ctrl-C raises KeyboardInterrupt at once, for a user who cannot wait.
 """
+
 from __future__ import annotations
 
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + signal number, as shells report them
 
@@ -19,7 +21,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
 
     @property
     def requested(self) -> bool:
@@ -30,7 +32,7 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         # Signal handlers can only be installed from the main thread; elsewhere (a library
         # caller's worker thread) the default behaviour stays.
         if threading.current_thread() is threading.main_thread():

@@ -21,6 +21,7 @@ the process signals itself the first time the code reaches that point. The point
 The variable is read once at import; when it is unset (always, outside tests) ``reached``
 returns at its first line.
 """
+
 from __future__ import annotations
 
 import os

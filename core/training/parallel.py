@@ -17,14 +17,15 @@ Backends that train on several processes expose a ``communicator`` attribute aft
 (see ``Communicator``); a backend without one is a single process. Nothing here imports a
 framework.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import replace
 from typing import Any, Protocol
 
-from loraswitch.core.types import Batch
 from loraswitch.core.errors import UserError
+from loraswitch.core.types import Batch
 
 MESH_AXES = ("data", "fsdp")
 
@@ -86,7 +87,9 @@ def is_main_process() -> bool:
     return process_rank() == 0
 
 
-def mesh_sizes(mesh: dict[str, int] | None, n_devices: int, *, unit: str = "devices", hint: str = "") -> tuple[int, int]:
+def mesh_sizes(
+    mesh: dict[str, int] | None, n_devices: int, *, unit: str = "devices", hint: str = ""
+) -> tuple[int, int]:
     """(data, fsdp) for config ``mesh`` over ``n_devices``; null means all data-parallel.
     Both axes split the batch (FSDP is data-parallel with sharded weights), so the
     data-parallel size is their product, which must be ``n_devices``. ``hint`` ends the error."""
@@ -101,17 +104,21 @@ def mesh_sizes(mesh: dict[str, int] | None, n_devices: int, *, unit: str = "devi
     data, fsdp = mesh.get("data", 1), mesh.get("fsdp", 1)
     if data * fsdp != n_devices:
         shown = "{" + ", ".join(f"{k}: {v}" for k, v in mesh.items()) + "}"
-        raise UserError(f"mesh: {shown} spans {data * fsdp} {unit} but this run has {n_devices}; make data x fsdp "
-                        f"equal {n_devices}, or set mesh: null (all data-parallel){hint}")
+        raise UserError(
+            f"mesh: {shown} spans {data * fsdp} {unit} but this run has {n_devices}; make data x fsdp "
+            f"equal {n_devices}, or set mesh: null (all data-parallel){hint}"
+        )
     return data, fsdp
 
 
 def check_divisible(batch_size: int, data_parallel_size: int) -> None:
     """batch_size is global; every data-parallel rank gets the same number of rows."""
     if data_parallel_size > 1 and batch_size % data_parallel_size:
-        raise UserError(f"batch_size: {batch_size} does not divide by the data-parallel size "
-                        f"{data_parallel_size}; batch_size is global (all devices together), so choose "
-                        f"a multiple of {data_parallel_size}")
+        raise UserError(
+            f"batch_size: {batch_size} does not divide by the data-parallel size "
+            f"{data_parallel_size}; batch_size is global (all devices together), so choose "
+            f"a multiple of {data_parallel_size}"
+        )
 
 
 def row_block(n_rows: int, rank: int, world: int) -> slice:
@@ -130,5 +137,6 @@ def shard_rows(batch: Batch, rank: int, world: int) -> Batch:
     if world == 1:
         return batch
     rows = row_block(batch.input_ids.shape[0], rank, world)
-    return replace(batch, input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows],
-                   labels=batch.labels[rows])
+    return replace(
+        batch, input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows], labels=batch.labels[rows]
+    )

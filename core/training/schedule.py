@@ -6,6 +6,7 @@ into micro-batches of ``batch_size`` and the micro-batches into windows of
 examples and its last window fewer micro-batches, so every example trains exactly once per
 epoch and no step mixes two epochs (which keeps resume and the epoch count exact).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,7 @@ def plan_epoch(n_train_examples: int, batch_size: int, accumulation_steps: int) 
     if accumulation_steps <= 0:
         raise ValueError(f"accumulation_steps must be > 0, got {accumulation_steps}")
     mbs = micro_batches(n_train_examples, batch_size)
-    return [mbs[i:i + accumulation_steps] for i in range(0, len(mbs), accumulation_steps)]
+    return [mbs[i : i + accumulation_steps] for i in range(0, len(mbs), accumulation_steps)]
 
 
 def steps_per_epoch(n_train_examples: int, batch_size: int, accumulation_steps: int) -> int:
@@ -40,7 +41,9 @@ def steps_per_epoch(n_train_examples: int, batch_size: int, accumulation_steps: 
 
 def total_steps(config: Config, n_examples: int) -> int:
     """The step budget: whichever of n_steps and n_epochs comes first (stop_eval_loss may end sooner)."""
-    return min(config.n_steps, config.n_epochs * steps_per_epoch(n_examples, config.batch_size, config.accumulation_steps))
+    return min(
+        config.n_steps, config.n_epochs * steps_per_epoch(n_examples, config.batch_size, config.accumulation_steps)
+    )
 
 
 def lr_shape(step: int, schedule: str, warmup_steps: int, n_steps: int) -> float:

@@ -1,5 +1,6 @@
 """Where the loop is, saved as trainer_state.json in every checkpoint, and the checks that a
 checkpoint can continue this run (same backend, model, data and epoch plan)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -37,8 +38,9 @@ class TrainerState:
         return dict(asdict(self), version=STATE_VERSION, **identity)
 
 
-def check_checkpoint_matches(saved: dict[str, Any], identity: dict[str, Any], checkpoint: Path,
-                             windows_per_epoch: int) -> None:
+def check_checkpoint_matches(
+    saved: dict[str, Any], identity: dict[str, Any], checkpoint: Path, windows_per_epoch: int
+) -> None:
     """A checkpoint from another model or data set cannot continue this run. ``identity`` holds
     what must be equal: backend, model and the data files' sha256."""
     where = checkpoint / TRAINER_STATE
@@ -46,11 +48,15 @@ def check_checkpoint_matches(saved: dict[str, Any], identity: dict[str, Any], ch
         raise UserError(f"{where}: trainer state version {saved.get('version')!r}, expected {STATE_VERSION}")
     for key in ("backend", "model"):
         if saved.get(key) != identity[key]:
-            raise UserError(f"{where}: checkpoint was written by {key} {saved.get(key)!r}, but the run uses "
-                            f"{identity[key]!r}; resume with the same {key}")
+            raise UserError(
+                f"{where}: checkpoint was written by {key} {saved.get(key)!r}, but the run uses "
+                f"{identity[key]!r}; resume with the same {key}"
+            )
     if saved.get("data_sha256") != identity["data_sha256"]:
-        raise UserError(f"{where}: the data files changed since this checkpoint was written; resuming would "
-                        "not continue the same run (restore the data or start a new run)")
+        raise UserError(
+            f"{where}: the data files changed since this checkpoint was written; resuming would "
+            "not continue the same run (restore the data or start a new run)"
+        )
     _check_fields(saved, where)
     if saved["window"] >= windows_per_epoch:
         raise UserError(f"{where}: window = {saved['window']} but an epoch of this run has {windows_per_epoch} windows")

@@ -1,5 +1,6 @@
 """Why a run ended: the five stop reasons, one ``StrEnum`` used everywhere (the engine, the
 commands' exit codes, summary.json, the tests), and the step-budget rule."""
+
 from __future__ import annotations
 
 from enum import StrEnum

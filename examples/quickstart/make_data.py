@@ -7,6 +7,7 @@ rewrites identical files.
 
     python examples/quickstart/make_data.py   # writes train.jsonl and heldout.jsonl beside it
 """
+
 from __future__ import annotations
 
 import json
@@ -18,17 +19,98 @@ N_TRAIN, N_HELDOUT = 480, 40
 INSTRUCTION = "Extract the person and the city as JSON."
 
 NAMES = [
-    "Maria", "James", "Aisha", "Kenji", "Olga", "Pedro", "Fatima", "Liam", "Chloe", "Ravi",
-    "Ingrid", "Tomas", "Mei", "Omar", "Sofia", "Lukas", "Amara", "Diego", "Hana", "Victor",
-    "Elena", "Noah", "Priya", "Mateo", "Yusuf", "Clara", "Jonas", "Leila", "Ethan", "Nina",
-    "Samuel", "Zara", "Felix", "Ana", "Tariq", "Greta", "Hugo", "Ines", "Kwame", "Lucia",
-    "Marek", "Nadia", "Oscar", "Rosa", "Stefan", "Talia", "Umar", "Vera", "Wei", "Yara",
+    "Maria",
+    "James",
+    "Aisha",
+    "Kenji",
+    "Olga",
+    "Pedro",
+    "Fatima",
+    "Liam",
+    "Chloe",
+    "Ravi",
+    "Ingrid",
+    "Tomas",
+    "Mei",
+    "Omar",
+    "Sofia",
+    "Lukas",
+    "Amara",
+    "Diego",
+    "Hana",
+    "Victor",
+    "Elena",
+    "Noah",
+    "Priya",
+    "Mateo",
+    "Yusuf",
+    "Clara",
+    "Jonas",
+    "Leila",
+    "Ethan",
+    "Nina",
+    "Samuel",
+    "Zara",
+    "Felix",
+    "Ana",
+    "Tariq",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Kwame",
+    "Lucia",
+    "Marek",
+    "Nadia",
+    "Oscar",
+    "Rosa",
+    "Stefan",
+    "Talia",
+    "Umar",
+    "Vera",
+    "Wei",
+    "Yara",
 ]
 CITIES = [
-    "Lisbon", "Chicago", "Nairobi", "Osaka", "Kyiv", "Lima", "Cairo", "Dublin", "Lyon", "Mumbai",
-    "Oslo", "Prague", "Shanghai", "Tunis", "Madrid", "Munich", "Accra", "Bogota", "Seoul", "Quebec",
-    "Athens", "Denver", "Jakarta", "Santiago", "Ankara", "Vienna", "Hamburg", "Beirut", "Boston", "Helsinki",
-    "Dakar", "Zurich", "Porto", "Manila", "Krakow", "Sydney", "Geneva", "Hanoi", "Toronto", "Naples",
+    "Lisbon",
+    "Chicago",
+    "Nairobi",
+    "Osaka",
+    "Kyiv",
+    "Lima",
+    "Cairo",
+    "Dublin",
+    "Lyon",
+    "Mumbai",
+    "Oslo",
+    "Prague",
+    "Shanghai",
+    "Tunis",
+    "Madrid",
+    "Munich",
+    "Accra",
+    "Bogota",
+    "Seoul",
+    "Quebec",
+    "Athens",
+    "Denver",
+    "Jakarta",
+    "Santiago",
+    "Ankara",
+    "Vienna",
+    "Hamburg",
+    "Beirut",
+    "Boston",
+    "Helsinki",
+    "Dakar",
+    "Zurich",
+    "Porto",
+    "Manila",
+    "Krakow",
+    "Sydney",
+    "Geneva",
+    "Hanoi",
+    "Toronto",
+    "Naples",
 ]
 TEMPLATES = [
     "{name} moved to {city} last spring.",
@@ -58,10 +140,12 @@ HELDOUT_TEMPLATES = [
 def example(name: str, city: str, template: str) -> dict:
     sentence = template.format(name=name, city=city)
     reply = json.dumps({"name": name, "city": city})
-    return {"messages": [
-        {"role": "user", "content": f"{INSTRUCTION}\n{sentence}"},
-        {"role": "assistant", "content": reply},
-    ]}
+    return {
+        "messages": [
+            {"role": "user", "content": f"{INSTRUCTION}\n{sentence}"},
+            {"role": "assistant", "content": reply},
+        ]
+    }
 
 
 def make(seed: int = SEED) -> tuple[list[dict], list[dict]]:

@@ -4,6 +4,7 @@ The LoRA shape must match the adapter before its weights can load, so r, alpha, 
 and rsLoRA are read from the adapter's own adapter_config.json (PEFT format, any backend).
 When ``adapter`` is a run directory, its adapter/ and its config.yaml's model and backend are used.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,12 @@ def adapter_settings(adapter_dir: Path) -> dict[str, Any]:
     cfg = read_json_object(path, if_missing="--adapter must be a PEFT adapter directory or a run directory")
     if not isinstance(cfg.get("r"), int):
         raise UserError(f"{path}: needs an integer 'r' (PEFT adapter_config.json)")
-    out: dict[str, Any] = {"lora_r": cfg["r"], "lora_alpha": cfg.get("lora_alpha", cfg["r"]),
-                           "use_rslora": bool(cfg.get("use_rslora", False)), "lora_dropout": 0.0}
+    out: dict[str, Any] = {
+        "lora_r": cfg["r"],
+        "lora_alpha": cfg.get("lora_alpha", cfg["r"]),
+        "use_rslora": bool(cfg.get("use_rslora", False)),
+        "lora_dropout": 0.0,
+    }
     if isinstance(cfg.get("base_model_name_or_path"), str) and cfg["base_model_name_or_path"]:
         out["base_model"] = cfg["base_model_name_or_path"]
     targets = cfg.get("target_modules")
@@ -48,13 +53,14 @@ def locate_adapter(path: str | None) -> tuple[Path | None, dict[str, Any]]:
     return p, {}
 
 
-def load_for_inference(*, model: str | None, backend_name: str | None, adapter: str | None,
-                       extra: dict[str, Any] | None = None):
+def load_for_inference(
+    *, model: str | None, backend_name: str | None, adapter: str | None, extra: dict[str, Any] | None = None
+):
     """(backend, tokenizer, config) ready for generate/eval_loss, adapter loaded if given."""
     from loraswitch.core.config import Config, validate
-    from loraswitch.core.plugins import create_backend
-    from loraswitch.core.models.sources import resolve_model
     from loraswitch.core.data.chat_tokenizer import ChatTokenizer
+    from loraswitch.core.models.sources import resolve_model
+    from loraswitch.core.plugins import create_backend
 
     adapter_dir, run_values = locate_adapter(adapter)
     values: dict[str, Any] = {k: v for k, v in run_values.items() if k in Config.model_fields}

@@ -1,9 +1,11 @@
 """What the listing commands (backends, plugins, models) share: ``--json`` for one JSON object
 per line, else one human-readable entry per row."""
+
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 def add_json_flag(p) -> None:

@@ -1,5 +1,6 @@
 """List the training backends, the plugin providing each, and whether it can run here
 (if not, the exact install command)."""
+
 from __future__ import annotations
 
 from loraswitch.core.cli.commands._listing import add_json_flag, print_rows
@@ -9,8 +10,11 @@ add_arguments = add_json_flag  # --json is its only option
 
 
 def _text(row) -> str:
-    status = ("available" if row["available"] else
-              f"unavailable: needs {', '.join(row['missing'])}; install with: {row['install']}")
+    status = (
+        "available"
+        if row["available"]
+        else f"unavailable: needs {', '.join(row['missing'])}; install with: {row['install']}"
+    )
     line = f"{row['name']:<10} plugin {row['plugin']}  {status}"
     return line + (f"\n{'':<10} {row['description']}" if row["description"] else "")
 
@@ -21,7 +25,15 @@ def run(args) -> int:
     rows = []
     for name, info in sorted(get_backends().items()):
         missing = info.missing
-        rows.append({"name": name, "plugin": info.plugin, "available": not missing, "description": info.description,
-                     "missing": missing, "install": info.install_hint if missing else None})
+        rows.append(
+            {
+                "name": name,
+                "plugin": info.plugin,
+                "available": not missing,
+                "description": info.description,
+                "missing": missing,
+                "install": info.install_hint if missing else None,
+            }
+        )
     print_rows(rows, args.json, _text)
     return 0

@@ -5,6 +5,7 @@ MFU and the loss each reached (table, results.json, results.md, chart.png).
     loraswitch bench --shape tiny
     loraswitch bench --shape llama-1b --systems torch,jax,hf-reference --out bench-results/1b
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,21 @@ from loraswitch.core.bench.protocol import BenchSettings, make_settings, resolve
 
 HELP = "time LoRA training on each backend and on plain transformers + peft, same job for all"
 # Options that map one-to-one onto BenchSettings fields (the names are the field names).
-SETTING_OPTIONS = ("shape", "batch_size", "seq_len", "accumulation_steps", "steps", "warmup_steps", "lora_r",
-                   "lora_alpha", "lora_dropout", "learning_rate", "weight_decay", "precision", "seed")
+SETTING_OPTIONS = (
+    "shape",
+    "batch_size",
+    "seq_len",
+    "accumulation_steps",
+    "steps",
+    "warmup_steps",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "learning_rate",
+    "weight_decay",
+    "precision",
+    "seed",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,13 +39,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name in SETTING_OPTIONS:
         f = fields[name]
         kind = f.annotation if f.annotation in (int, float) else str  # the settings model validates the rest
-        parser.add_argument(f"--{name}", type=kind, default=None,
-                            help=f"{f.description or ''} (default: {f.default})".strip())
+        parser.add_argument(
+            f"--{name}", type=kind, default=None, help=f"{f.description or ''} (default: {f.default})".strip()
+        )
     parser.add_argument("--lora_target_modules", default=None, help="comma-separated (default: the 7 projections)")
-    parser.add_argument("--peak_tflops", type=float, default=None,
-                        help="device peak TFLOP/s for MFU (default: 790, bf16 matmul measured on an H200)")
-    parser.add_argument("--systems", default=None,
-                        help="comma-separated: backends and/or hf-reference (default: all registered ones)")
+    parser.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="device peak TFLOP/s for MFU (default: 790, bf16 matmul measured on an H200)",
+    )
+    parser.add_argument(
+        "--systems", default=None, help="comma-separated: backends and/or hf-reference (default: all registered ones)"
+    )
     parser.add_argument("--out", default=None, help="report directory (default: bench-results/<timestamp>)")
     parser.add_argument("--timeout_s", type=float, default=3600, help="give up on a system after this long")
 
@@ -59,8 +79,15 @@ def run(args: argparse.Namespace) -> int:
     skipped = {n: known[n] for n in systems if known[n]}
     out = Path(args.out) if args.out else Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     command = _command_line(args)
-    report = run_bench(settings, systems, out, command=command, timeout_s=args.timeout_s, skipped=skipped,
-                       progress=lambda msg: console.print(msg, style="dim"))
+    report = run_bench(
+        settings,
+        systems,
+        out,
+        command=command,
+        timeout_s=args.timeout_s,
+        skipped=skipped,
+        progress=lambda msg: console.print(msg, style="dim"),
+    )
     paths = report_mod.write(report, out)
     stdout = Console()
     if not stdout.is_terminal:  # a log file or CI: do not squeeze the table into 80 columns
@@ -74,7 +101,7 @@ def _command_line(args: argparse.Namespace) -> list[str]:
     """The invocation for the report: as typed when run from a shell, else (called in-process,
     e.g. from tests) rebuilt from the parsed options, which reproduces the same run."""
     if "bench" in sys.argv[1:]:
-        return ["loraswitch", *sys.argv[sys.argv.index("bench"):]]
+        return ["loraswitch", *sys.argv[sys.argv.index("bench") :]]
     line = ["loraswitch", "bench"]
     for name in (*SETTING_OPTIONS, "lora_target_modules", "peak_tflops", "systems", "out", "timeout_s"):
         value = getattr(args, name, None)

@@ -1,8 +1,9 @@
 """Show the fully resolved config: defaults < config file < LORASWITCH_<KEY> environment < --KEY VALUE.
 
-  loraswitch config                       # the defaults, as YAML
-  loraswitch config run.yaml --lora_r 8 --json
+loraswitch config                       # the defaults, as YAML
+loraswitch config run.yaml --lora_r 8 --json
 """
+
 from __future__ import annotations
 
 HELP = "print the resolved config (every key), as YAML or --json"

@@ -4,6 +4,7 @@ records, the exact-match rate of greedy generations against the reference answer
   loraswitch evaluate runs/run                     # the run's validation split
   loraswitch evaluate --adapter runs/run/adapter --data test.jsonl --model random:tiny --backend numpy
 """
+
 from __future__ import annotations
 
 HELP = "loss and exact-match of an adapter on a run's validation split or a JSONL file"
@@ -12,7 +13,9 @@ HELP = "loss and exact-match of an adapter on a run's validation split or a JSON
 def add_arguments(p) -> None:
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run directory (its validation split)")
     p.add_argument("--adapter", metavar="DIR", help="PEFT adapter directory (instead of RUN_DIR)")
-    p.add_argument("--data", metavar="FILE", help="JSONL to evaluate on (with --adapter, or to replace the run's split)")
+    p.add_argument(
+        "--data", metavar="FILE", help="JSONL to evaluate on (with --adapter, or to replace the run's split)"
+    )
     p.add_argument("--model", metavar="SOURCE")
     p.add_argument("--backend", metavar="NAME")
     p.add_argument("--max_new_tokens", type=int, default=64, metavar="N", help="generation budget for exact-match")
@@ -23,9 +26,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import json
 
+    from loraswitch.core.cli.commands._inference import load_for_inference
     from loraswitch.core.errors import UserError
     from loraswitch.core.training.evaluation import eval_loss, exact_match
-    from loraswitch.core.cli.commands._inference import load_for_inference
 
     if (args.run_dir is None) == (args.adapter is None):
         raise UserError("evaluate: give either RUN_DIR or --adapter DIR --data FILE")
@@ -33,8 +36,9 @@ def run(args) -> int:
         raise UserError("evaluate: --adapter needs --data FILE")
     if args.max_new_tokens <= 0:
         raise UserError(f"--max_new_tokens {args.max_new_tokens}: must be a positive integer")
-    backend, tokenizer, config = load_for_inference(model=args.model, backend_name=args.backend,
-                                                    adapter=args.run_dir or args.adapter)
+    backend, tokenizer, config = load_for_inference(
+        model=args.model, backend_name=args.backend, adapter=args.run_dir or args.adapter
+    )
     records = _records(config, args.data)
     examples = []
     for record in records:
@@ -42,9 +46,12 @@ def run(args) -> int:
         if example.n_targets:
             examples.append(example)
     if not examples:
-        raise UserError(f"{args.data or config.data}: no record has a target token within max_seq_len {config.max_seq_len}")
-    loss, n_tokens = eval_loss(backend, examples, batch_size=config.batch_size, pad_id=tokenizer.pad_id,
-                               max_len=config.max_seq_len)
+        raise UserError(
+            f"{args.data or config.data}: no record has a target token within max_seq_len {config.max_seq_len}"
+        )
+    loss, n_tokens = eval_loss(
+        backend, examples, batch_size=config.batch_size, pad_id=tokenizer.pad_id, max_len=config.max_seq_len
+    )
     result = {"loss": loss, "target_tokens": n_tokens, "examples": len(examples)}
     if not args.no_generate:
         em = exact_match(backend, tokenizer, records, max_new_tokens=args.max_new_tokens)

@@ -6,6 +6,7 @@
 
 The prompt becomes one user turn of the model's chat template (plain text if it has none).
 """
+
 from __future__ import annotations
 
 HELP = "generate text from a model and optional adapter"
@@ -13,7 +14,11 @@ HELP = "generate text from a model and optional adapter"
 
 def add_arguments(p) -> None:
     p.add_argument("prompt", metavar="PROMPT")
-    p.add_argument("--model", metavar="SOURCE", help="directory, builtin:NAME or random:SHAPE (default: the run's, else the config default)")
+    p.add_argument(
+        "--model",
+        metavar="SOURCE",
+        help="directory, builtin:NAME or random:SHAPE (default: the run's, else the config default)",
+    )
     p.add_argument("--adapter", metavar="DIR", help="PEFT adapter directory or run directory")
     p.add_argument("--backend", metavar="NAME", help="backend (default: the run's, else torch)")
     p.add_argument("--max_new_tokens", type=int, default=128, metavar="N")
@@ -23,8 +28,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from loraswitch.core.errors import UserError
     from loraswitch.core.cli.commands._inference import load_for_inference
+    from loraswitch.core.errors import UserError
 
     if args.max_new_tokens <= 0:
         raise UserError(f"--max_new_tokens {args.max_new_tokens}: must be a positive integer")
@@ -34,7 +39,13 @@ def run(args) -> int:
         raise UserError(f"--top_p {args.top_p}: must be in (0, 1]")
     backend, tokenizer, _ = load_for_inference(model=args.model, backend_name=args.backend, adapter=args.adapter)
     prompt_ids = tokenizer.encode_prompt(args.prompt)
-    new_ids = backend.generate(prompt_ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                               top_p=args.top_p, seed=args.seed, stop_ids=tokenizer.eos_ids)
+    new_ids = backend.generate(
+        prompt_ids,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_ids=tokenizer.eos_ids,
+    )
     print(tokenizer.decode(new_ids))
     return 0

@@ -1,5 +1,6 @@
 """List the named model sources plugins offer (builtin:..., random:...) and where each is
 cached. Any local Hugging Face directory works too: `--model path/to/dir`."""
+
 from __future__ import annotations
 
 from loraswitch.core.cli.commands._listing import add_json_flag, print_rows
@@ -14,10 +15,21 @@ def run(args) -> int:
     rows = []
 
     def register(name, description, cached_path=None):
-        rows.append({"name": name, "description": description,
-                     "cached_path": str(cached_path) if cached_path is not None else None})
+        rows.append(
+            {
+                "name": name,
+                "description": description,
+                "cached_path": str(cached_path) if cached_path is not None else None,
+            }
+        )
 
     call_hook("register_model_sources", register=register)
-    print_rows(rows, args.json, lambda row: f"{row['name']:<24} {row['description']}\n"
-                                            f"{'':<24} {row['cached_path'] or 'not cached yet (built on first use)'}")
+    print_rows(
+        rows,
+        args.json,
+        lambda row: (
+            f"{row['name']:<24} {row['description']}\n"
+            f"{'':<24} {row['cached_path'] or 'not cached yet (built on first use)'}"
+        ),
+    )
     return 0

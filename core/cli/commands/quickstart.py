@@ -8,6 +8,7 @@ It measures the base model's exact match on the held-out file and two sample ans
 (progress bar, eval, run directory with loss.png), then measures the adapter the same way, and
 writes both into RUN_DIR/quickstart.json.
 """
+
 from __future__ import annotations
 
 HELP = "fine-tune the built-in model on the bundled task and compare before/after"
@@ -19,9 +20,19 @@ N_SAMPLES = 2  # sample answers shown before and after
 
 def add_arguments(p) -> None:
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help=f"default: {DEFAULT_CONFIG}")
-    p.add_argument("--heldout", default=DEFAULT_HELDOUT, metavar="FILE",
-                   help=f"held-out chat JSONL for the exact-match metric (default: {DEFAULT_HELDOUT})")
-    p.add_argument("--max_new_tokens", type=int, default=24, metavar="N", help="generation budget per answer (the answers are ~15 tokens)")
+    p.add_argument(
+        "--heldout",
+        default=DEFAULT_HELDOUT,
+        metavar="FILE",
+        help=f"held-out chat JSONL for the exact-match metric (default: {DEFAULT_HELDOUT})",
+    )
+    p.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=24,
+        metavar="N",
+        help="generation budget per answer (the answers are ~15 tokens)",
+    )
     p.epilog = "Any config key can be given as --KEY VALUE; the run is overwritten if it exists."
 
 
@@ -30,17 +41,18 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
+    from loraswitch.core.cli.commands._inference import load_for_inference
     from loraswitch.core.config import resolve
+    from loraswitch.core.data.jsonl import read_jsonl
     from loraswitch.core.training.engine import train
     from loraswitch.core.training.stopping import StopReason
-    from loraswitch.core.data.jsonl import read_jsonl
-    from loraswitch.core.cli.commands._inference import load_for_inference
 
     config = resolve(args.config, args.overrides)
     heldout = read_jsonl(args.heldout)
     t0 = time.perf_counter()
-    backend, tokenizer, _ = load_for_inference(model=config.model, backend_name=config.backend, adapter=None,
-                                               extra=_lora_keys(config))
+    backend, tokenizer, _ = load_for_inference(
+        model=config.model, backend_name=config.backend, adapter=None, extra=_lora_keys(config)
+    )
     # LoRA B starts at zero, so the freshly loaded model is exactly the base model.
     before = _measure(backend, tokenizer, heldout, args.max_new_tokens)
     _report("before (base model)", before)
@@ -53,14 +65,23 @@ def run(args) -> int:
     after = _measure(backend, tokenizer, heldout, args.max_new_tokens)
     _report("after (with the adapter)", after)
 
-    result = {"backend": config.backend, "model": config.model, "heldout": args.heldout,
-              "exact_match_before": before["exact_match"], "exact_match_after": after["exact_match"],
-              "samples_before": before["samples"], "samples_after": after["samples"],
-              "train_steps": summary["steps"], "final_eval_loss": summary.get("final_eval_loss"),
-              "total_s": round(time.perf_counter() - t0, 1)}
+    result = {
+        "backend": config.backend,
+        "model": config.model,
+        "heldout": args.heldout,
+        "exact_match_before": before["exact_match"],
+        "exact_match_after": after["exact_match"],
+        "samples_before": before["samples"],
+        "samples_after": after["samples"],
+        "train_steps": summary["steps"],
+        "final_eval_loss": summary.get("final_eval_loss"),
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
     (Path(config.output_dir) / "quickstart.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nexact match on {args.heldout}: {before['exact_match']:.1%} before -> {after['exact_match']:.1%} after "
-          f"({config.backend} backend, {result['total_s']:.0f} s in all); run directory: {config.output_dir}")
+    print(
+        f"\nexact match on {args.heldout}: {before['exact_match']:.1%} before -> {after['exact_match']:.1%} after "
+        f"({config.backend} backend, {result['total_s']:.0f} s in all); run directory: {config.output_dir}"
+    )
     return 0
 
 
@@ -73,8 +94,9 @@ def _measure(backend, tokenizer, records, max_new_tokens: int) -> dict:
     from loraswitch.core.training.evaluation import exact_match
 
     samples: list[dict] = []
-    rate, _ = exact_match(backend, tokenizer, records, max_new_tokens=max_new_tokens, samples=samples,
-                          n_samples=N_SAMPLES)
+    rate, _ = exact_match(
+        backend, tokenizer, records, max_new_tokens=max_new_tokens, samples=samples, n_samples=N_SAMPLES
+    )
     return {"exact_match": rate, "samples": samples}
 
 

@@ -8,6 +8,7 @@
 Exit codes: 0 finished (n_steps, n_epochs or stop_eval_loss), 1 non-finite loss (the last good
 checkpoint is kept), 2 bad input, 130/143 interrupted by SIGINT/SIGTERM (checkpoint written).
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,11 +27,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from loraswitch.core.config import env_overrides, read_config_file, resolve
-    from loraswitch.core.training.parallel import is_main_process
-    from loraswitch.core.training.engine import resume_config, train
-    from loraswitch.core.training.stopping import StopReason
     from loraswitch.core.errors import UserError
+    from loraswitch.core.training.engine import resume_config, train
     from loraswitch.core.training.interrupt import EXIT_CODES
+    from loraswitch.core.training.parallel import is_main_process
+    from loraswitch.core.training.stopping import StopReason
 
     if not is_main_process():  # under torchrun: one process speaks for the run
         args.quiet = True
@@ -49,21 +50,32 @@ def run(args) -> int:
     reason = summary["stop_reason"]
     run_dir = config.output_dir
     if reason == StopReason.NON_FINITE_LOSS:
-        kept = (f"the last good checkpoint (step {summary['adapter_step']}) is kept and copied to {run_dir}/adapter"
-                if summary.get("adapter_step") is not None else "no checkpoint had been written yet")
-        print(f"error: training loss became non-finite ({summary.get('non_finite_value')}) at step "
-              f"{summary.get('non_finite_step')}; {kept}; lower learning_rate_multiplier or check the data",
-              file=sys.stderr)
+        kept = (
+            f"the last good checkpoint (step {summary['adapter_step']}) is kept and copied to {run_dir}/adapter"
+            if summary.get("adapter_step") is not None
+            else "no checkpoint had been written yet"
+        )
+        print(
+            f"error: training loss became non-finite ({summary.get('non_finite_value')}) at step "
+            f"{summary.get('non_finite_step')}; {kept}; lower learning_rate_multiplier or check the data",
+            file=sys.stderr,
+        )
         return 1
     if reason == StopReason.INTERRUPTED:
         if not args.quiet:
             where = f"checkpoint at step {summary['steps']}" if summary["steps"] else "no step completed"
-            print(f"loraswitch: interrupted ({summary.get('signal')}); {where}; continue with: "
-                  f"loraswitch train --resume {run_dir}", file=sys.stderr)
+            print(
+                f"loraswitch: interrupted ({summary.get('signal')}); {where}; continue with: "
+                f"loraswitch train --resume {run_dir}",
+                file=sys.stderr,
+            )
         return EXIT_CODES.get(summary.get("signal") or "SIGINT", 130)
     if not args.quiet:
         loss = summary["final_eval_loss"]
         shown = f"{loss:.4f}" if loss is not None else "n/a"
-        print(f"loraswitch: stopped by {reason} after {summary['steps']} steps ({summary['epochs']:.2f} epochs), "
-              f"eval loss {shown}; adapter in {run_dir}/adapter", file=sys.stderr)
+        print(
+            f"loraswitch: stopped by {reason} after {summary['steps']} steps ({summary['epochs']:.2f} epochs), "
+            f"eval loss {shown}; adapter in {run_dir}/adapter",
+            file=sys.stderr,
+        )
     return 0

@@ -4,6 +4,7 @@ Weights are dequantised to float32: the Q4_1 values of SmolLM2's GGUF (fp16 scal
 code + fp16 minimum) are not exactly representable in bf16, and fp32 keeps CPU training and
 the torch/JAX comparison on exactly the numbers llama.cpp would use (540 MB for 135M params).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,21 @@ from loraswitch.core.models.gguf.reader import GGUFFile
 from loraswitch.core.models.shapes import llama_config
 
 _LAYER_NAMES = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
 }
-_GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-                 "output.weight": "lm_head.weight"}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
 _TOKEN_TYPE_CONTROL, _TOKEN_TYPE_USER_DEFINED = 3, 4
 
 
@@ -46,7 +56,9 @@ def hf_config(g: GGUFFile) -> dict[str, Any]:
     m = g.metadata
     arch = m.get("general.architecture")
     if arch != "llama":
-        raise UserError(f"{g.path}: GGUF architecture is {arch!r}; only Llama-family GGUFs (general.architecture = 'llama') are supported")
+        raise UserError(
+            f"{g.path}: GGUF architecture is {arch!r}; only Llama-family GGUFs (general.architecture = 'llama') are supported"
+        )
     if "rope_freqs.weight" in g.tensors or "llama.rope.scaling.type" in m:
         raise UserError(f"{g.path}: GGUFs with RoPE scaling are not supported by the converter")
 
@@ -60,14 +72,22 @@ def hf_config(g: GGUFFile) -> dict[str, Any]:
     hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
     tokens = m.get("tokenizer.ggml.tokens") or []
     return llama_config(
-        hidden, int(key("feed_forward_length")), int(key("block_count")), heads,
-        int(key("attention.head_count_kv", heads)), int(key("vocab_size", len(tokens))),
-        tied="output.weight" not in g.tensors, rope_theta=float(key("rope.freq_base", 10000.0)),
-        dtype="float32", max_pos=int(key("context_length")),
+        hidden,
+        int(key("feed_forward_length")),
+        int(key("block_count")),
+        heads,
+        int(key("attention.head_count_kv", heads)),
+        int(key("vocab_size", len(tokens))),
+        tied="output.weight" not in g.tensors,
+        rope_theta=float(key("rope.freq_base", 10000.0)),
+        dtype="float32",
+        max_pos=int(key("context_length")),
         head_dim=int(key("rope.dimension_count", hidden // heads)),
         rms_norm_eps=float(np.float32(key("attention.layer_norm_rms_epsilon"))),
-        bos=m.get("tokenizer.ggml.bos_token_id"), eos=m.get("tokenizer.ggml.eos_token_id"),
-        pad=m.get("tokenizer.ggml.padding_token_id"))
+        bos=m.get("tokenizer.ggml.bos_token_id"),
+        eos=m.get("tokenizer.ggml.eos_token_id"),
+        pad=m.get("tokenizer.ggml.padding_token_id"),
+    )
 
 
 def hf_weights(g: GGUFFile, config: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -90,7 +110,9 @@ def hf_tokenizer(g: GGUFFile):
 
     m = g.metadata
     if m.get("tokenizer.ggml.model") != "gpt2":
-        raise UserError(f"{g.path}: tokenizer model {m.get('tokenizer.ggml.model')!r} is not supported (only byte-level BPE, 'gpt2')")
+        raise UserError(
+            f"{g.path}: tokenizer model {m.get('tokenizer.ggml.model')!r} is not supported (only byte-level BPE, 'gpt2')"
+        )
     pre = m.get("tokenizer.ggml.pre", "default")
     if pre not in ("smollm", "starcoder", "refact", "gpt-2", "default"):
         raise UserError(f"{g.path}: tokenizer pre-tokenizer {pre!r} is not supported (smollm, starcoder, gpt-2)")
@@ -106,8 +128,11 @@ def hf_tokenizer(g: GGUFFile):
         tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    specials = [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types)
-                if ty in (_TOKEN_TYPE_CONTROL, _TOKEN_TYPE_USER_DEFINED)]
+    specials = [
+        AddedToken(t, special=True, normalized=False)
+        for t, ty in zip(tokens, types)
+        if ty in (_TOKEN_TYPE_CONTROL, _TOKEN_TYPE_USER_DEFINED)
+    ]
     tok.add_special_tokens(specials)
     return tok
 
@@ -127,8 +152,12 @@ def hf_tokenizer_config(g: GGUFFile, tok) -> dict[str, Any]:
         "eos_token": token("eos_token_id"),
         "pad_token": token("padding_token_id"),
         "unk_token": token("unknown_token_id"),
-        "additional_special_tokens": [t for t in specials if t not in {token("bos_token_id"), token("eos_token_id"),
-                                                                       token("padding_token_id"), token("unknown_token_id")}],
+        "additional_special_tokens": [
+            t
+            for t in specials
+            if t
+            not in {token("bos_token_id"), token("eos_token_id"), token("padding_token_id"), token("unknown_token_id")}
+        ],
         "add_bos_token": bool(m.get("tokenizer.ggml.add_bos_token", False)),
         "add_eos_token": bool(m.get("tokenizer.ggml.add_eos_token", False)),
         "clean_up_tokenization_spaces": False,

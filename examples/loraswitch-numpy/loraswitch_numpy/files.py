@@ -1,4 +1,5 @@
 """Adapter and optimizer files: safetensors + JSON only, every problem a UserError naming the file."""
+
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.json_file import read_json_object
 
@@ -57,9 +59,13 @@ def check_tensors(path: Path, tensors: dict[str, np.ndarray], expect: dict[str, 
     missing = sorted(set(expect) - set(tensors))
     extra = sorted(set(tensors) - set(expect))
     if missing or extra:
-        raise UserError(f"{path}: tensor names differ from this model's: missing {missing or 'none'}, unexpected {extra or 'none'}")
+        raise UserError(
+            f"{path}: tensor names differ from this model's: missing {missing or 'none'}, unexpected {extra or 'none'}"
+        )
     for name, shape in expect.items():
         if tuple(tensors[name].shape) != tuple(shape):
-            raise UserError(f"{path}: tensor {name!r} has shape {list(tensors[name].shape)}, this model needs {list(shape)}")
+            raise UserError(
+                f"{path}: tensor {name!r} has shape {list(tensors[name].shape)}, this model needs {list(shape)}"
+            )
         if not np.issubdtype(tensors[name].dtype, np.floating):
             raise UserError(f"{path}: tensor {name!r} has dtype {tensors[name].dtype}, expected a float type")

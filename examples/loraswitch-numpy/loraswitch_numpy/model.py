@@ -7,6 +7,7 @@
 Position i predicts token i + 1 from token i alone (a bigram model). Shapes follow PyTorch's
 ``nn.Linear`` ([out, in]) so the LoRA tensors are already in PEFT's layout.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,8 +63,9 @@ def targets(input_ids: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     return input_ids[:, :-1][where], nxt[where]
 
 
-def forward(frozen: Frozen, a: np.ndarray, b: np.ndarray, scale: float, ids: np.ndarray,
-            mask: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+def forward(
+    frozen: Frozen, a: np.ndarray, b: np.ndarray, scale: float, ids: np.ndarray, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, dict]:
     """Logits for token ids of any shape, and what the backward pass needs."""
     h = frozen.embed[ids]
     hd = h if mask is None else h * mask
@@ -83,8 +85,16 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
     return ce, probs
 
 
-def loss_and_grads(frozen: Frozen, a: np.ndarray, b: np.ndarray, scale: float, ids: np.ndarray,
-                   labels: np.ndarray, weight: float, mask: np.ndarray | None = None):
+def loss_and_grads(
+    frozen: Frozen,
+    a: np.ndarray,
+    b: np.ndarray,
+    scale: float,
+    ids: np.ndarray,
+    labels: np.ndarray,
+    weight: float,
+    mask: np.ndarray | None = None,
+):
     """``weight * sum(cross-entropy)`` over the given (token, label) rows and its gradients
     with respect to A and B. ``mask`` is the dropout mask for ``ids`` (None: no dropout)."""
     logits, saved = forward(frozen, a, b, scale, ids, mask)

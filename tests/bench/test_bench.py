@@ -1,0 +1,217 @@
+"""``loraswitch bench``: the protocol's arithmetic, its refusals, and one real run on CPU.
+
+The end-to-end test checks structure and that every system trained; it never checks speed
+(CI machines are slow and shared, and speed is what the GPU table in docs/benchmarks.md is for).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from loraswitch.core import cli
+from loraswitch.core.bench import protocol, report, runner
+from loraswitch.core.bench.protocol import HF_REFERENCE, BenchSettings, make_settings
+from loraswitch.core.errors import UserError
+from loraswitch.core.models.shapes import shape_config
+
+# ---------------------------------------------------------------- protocol
+
+
+def test_flops_per_token_matches_the_reference_anchor():
+    """The anchor (shared/anchors/hf_peft_reference.py) counted llama-1b this way; MFU figures
+    in docs/benchmarks.md (136k tokens/s at 790 TFLOP/s) depend on it."""
+    c = shape_config("llama-1b")
+    d, f, L, V = 2048, 8192, 16, 128256
+    n = L * (d * d * 2 + 2 * d * 512 + 3 * d * f) + d * V
+    assert protocol.matmul_params(c) == n
+    fpt = protocol.flops_per_token(c, 2048)
+    assert fpt == 4 * n + 12 * L * d * 2048
+    assert 135_000 < 790e12 / fpt < 140_000
+
+
+def test_synthetic_tokens_are_seeded_and_independent_of_order():
+    s = make_settings(
+        {"shape": "tiny", "batch_size": 2, "seq_len": 16, "accumulation_steps": 2, "steps": 2, "warmup_steps": 1}
+    )
+    a, b = protocol.synthetic_tokens(s, 512), protocol.synthetic_tokens(s, 512)
+    assert a.shape == (6, 2, 16) and a.dtype == np.int32
+    np.testing.assert_array_equal(a, b)
+    assert a.min() >= 0 and a.max() < 512
+    other = protocol.synthetic_tokens(s.model_copy(update={"seed": 1}), 512)
+    assert not np.array_equal(a, other)
+    # micro-batch i does not depend on how many there are
+    longer = protocol.synthetic_tokens(s.model_copy(update={"steps": 5}), 512)
+    np.testing.assert_array_equal(longer[:6], a)
+
+
+def test_settings_refuse_bad_values_with_one_line():
+    with pytest.raises(UserError, match=r"bench: --seq_len 4096 exceeds .*max_position_embeddings \(2048\)"):
+        make_settings({"shape": "llama-1b", "seq_len": 4096})
+    with pytest.raises(UserError, match=r"--batch_size = 0"):
+        make_settings({"batch_size": 0})
+    with pytest.raises(UserError, match=r"neither a random shape"):
+        make_settings({"shape": "/no/such/dir"})
+    with pytest.raises(UserError, match=r"--precision"):
+        make_settings({"precision": "fp16"})
+
+
+def test_auto_precision_is_resolved_once_for_everyone(monkeypatch):
+    monkeypatch.setattr(protocol, "gpu_visible", lambda: False)
+    assert protocol.resolve_precision(BenchSettings()).precision == "fp32"
+    monkeypatch.setattr(protocol, "gpu_visible", lambda: True)
+    assert protocol.resolve_precision(BenchSettings()).precision == "bf16"
+    assert protocol.resolve_precision(BenchSettings(precision="fp32")).precision == "fp32"
+
+
+def test_systems_are_checked_and_per_system_settings_refused():
+    known = {HF_REFERENCE: None, "torch": None, "jax": "needs jax"}
+    assert runner.parse_systems(None, known) == [HF_REFERENCE, "torch", "jax"]
+    assert runner.parse_systems("torch, hf-reference", known) == ["torch", HF_REFERENCE]
+    with pytest.raises(UserError, match="per-system settings are not allowed"):
+        runner.parse_systems("torch:compile=false,hf-reference", known)
+    with pytest.raises(UserError, match="unknown system 'tf'; known: hf-reference, torch, jax"):
+        runner.parse_systems("tf", known)
+    with pytest.raises(UserError, match="twice"):
+        runner.parse_systems("torch,torch", known)
+
+
+def _ok(system, tps, loss, device_type="gpu", precision="bf16"):
+    return {
+        "system": system,
+        "status": "ok",
+        "tokens_per_s": tps,
+        "loss": loss,
+        "info": {"device_type": device_type, "precision": precision},
+    }
+
+
+def test_derive_ratio_mfu_and_loss_agreement():
+    s = BenchSettings(shape="llama-1b", precision="bf16")
+    results = [
+        _ok(HF_REFERENCE, 34_600, 12.18),
+        _ok("jax", 76_120, 12.19),
+        _ok("torch", 60_000, 69.9),
+        _ok("cpu-thing", 10, 12.18, device_type="cpu"),
+        {"system": "x", "status": "failed", "error": "OOM"},
+    ]
+    runner.derive(results, s)
+    ref, jax_, torch_, cpu = results[:4]
+    assert ref["ratio_to_hf_reference"] == 1.0
+    assert jax_["ratio_to_hf_reference"] == pytest.approx(2.2)
+    fpt = protocol.flops_per_token(shape_config("llama-1b"), 2048)
+    assert jax_["mfu"] == pytest.approx(76_120 * fpt / 790e12)
+    assert jax_["loss_matches_hf_reference"] is True
+    assert torch_["loss_matches_hf_reference"] is False  # a fast wrong loss is flagged
+    # a system on another kind of device is not compared, and gets no GPU MFU
+    assert cpu["ratio_to_hf_reference"] is None and cpu["mfu"] is None
+    assert runner.mismatches(results) == [
+        "systems ran with different device_type: hf-reference=gpu, jax=gpu, torch=gpu, cpu-thing=cpu"
+    ]
+
+
+def test_failed_worker_is_reported_with_its_log_tail(tmp_path):
+    r = runner.run_worker(
+        "no-such-backend",
+        BenchSettings(
+            shape="tiny", seq_len=8, batch_size=1, steps=1, warmup_steps=0, accumulation_steps=1, precision="fp32"
+        ),
+        tmp_path / "w.log",
+        timeout_s=120,
+    )
+    assert r["status"] == "failed" and "no-such-backend" in r["error"]
+    assert (tmp_path / "w.log").read_text().strip()
+
+
+# ---------------------------------------------------------------- one real run
+
+
+def test_bench_on_tiny_cpu_trains_every_system(tmp_path, capsys):
+    known = runner.available_systems()
+    wanted = [HF_REFERENCE, "torch", "jax"] + (["numpy"] if "numpy" in known and known["numpy"] is None else [])
+    for name in wanted:
+        assert name in known and known[name] is None, f"{name}: {known.get(name)}"
+    out = tmp_path / "bench"
+    argv = [
+        "--shape",
+        "tiny",
+        "--systems",
+        ",".join(wanted),
+        "--batch_size",
+        "2",
+        "--seq_len",
+        "32",
+        "--accumulation_steps",
+        "2",
+        "--steps",
+        "2",
+        "--warmup_steps",
+        "1",
+        "--precision",
+        "fp32",
+        "--out",
+        str(out),
+    ]
+    assert cli.main(["bench", *argv]) == 0, capsys.readouterr()
+
+    data = json.loads((out / "results.json").read_text())
+    assert set(data) >= {"settings", "model", "machine", "created", "problems", "systems"}
+    assert data["settings"]["shape"] == "tiny" and data["settings"]["precision"] == "fp32"
+    line = data["machine"]["command"]
+    assert line[:2] == ["loraswitch", "bench"] and line[line.index("--shape") + 1] == "tiny"
+    assert data["machine"]["versions"]["numpy"]
+    assert data["machine"]["environment"]["JAX_PLATFORMS"] == "cpu"  # set by conftest; switches are recorded
+    assert data["problems"] == []
+    assert [r["system"] for r in data["systems"]] == wanted
+    losses = {}
+    for r in data["systems"]:
+        assert r["status"] == "ok", r
+        assert r["tokens"] == 2 * 2 * 2 * 32 and r["tokens_per_s"] > 0 and r["steps_per_s"] > 0
+        assert len(r["losses"]) == 3 and all(math.isfinite(x) for x in r["losses"])
+        assert r["loss"] == r["losses"][-1] and r["loss_finite"]
+        assert r["info"]["device_type"] == "cpu" and r["info"]["precision"] == "fp32"
+        assert r["ratio_to_hf_reference"] > 0
+        assert (out / r["log"]).exists()
+        losses[r["system"]] = r["loss"]
+    # hf-reference, torch and jax load the same random:tiny weights: on random tokens over a
+    # 512-token vocabulary they all sit near ln(512) and agree with each other
+    for system in (HF_REFERENCE, "torch", "jax"):
+        assert abs(losses[system] - math.log(512)) < 0.1, (system, losses[system])
+    for r in data["systems"]:
+        if r["system"] in ("torch", "jax"):
+            assert r["loss_matches_hf_reference"] is True, r
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "results.md").read_text()
+    assert all(f"| {name} | ok |" in md for name in wanted)
+
+
+def test_bench_cli_errors_are_one_line(capsys):
+    assert cli.main(["bench", "--shape", "tiny", "--systems", "torch:compile=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: bench: --systems") and "\n" not in err
+    assert cli.main(["bench", "--shape", "llama-1b", "--seq_len", "9999"]) == 2
+    assert "max_position_embeddings" in capsys.readouterr().err
+
+
+def test_report_renders_skipped_and_failed_rows(tmp_path):
+    s = BenchSettings(shape="tiny", precision="fp32")
+    results = [
+        _ok(HF_REFERENCE, 100.0, 6.2, "cpu", "fp32"),
+        {"system": "jax", "status": "skipped", "error": "needs jax"},
+    ]
+    results[0].update(steps_per_s=1.0, warmup_s=0.5, peak_memory_bytes=None, losses=[6.2])
+    runner.derive(results, s)
+    rep = {
+        "settings": s.model_dump(mode="json"),
+        "model": {"name": s.model},
+        "problems": [],
+        "systems": results,
+        "machine": {"gpu": None, "python": "3", "versions": {"numpy": "2"}, "command": ["loraswitch", "bench"]},
+    }
+    paths = report.write(rep, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "| jax | skipped |" in md and "needs jax" in md
+    assert json.loads(paths["json"].read_text())["systems"][1]["status"] == "skipped"
