@@ -8,8 +8,15 @@ from loraswitch.core import hookimpl
 
 
 def _create():
-    from loraswitch.backends.jax_flax.backend import JaxBackend
+    import jax
 
+    from loraswitch.backends.jax_flax.backend import JaxBackend
+    from loraswitch.core.models.cache import compile_cache_dir
+
+    # XLA's compiled programs persist between runs (jax's own cache, off unless configured), so a
+    # second run of the same shapes skips most of its warm-up.
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(compile_cache_dir("jax")))
     return JaxBackend()
 
 

@@ -11,6 +11,13 @@ from loraswitch.core import hookimpl
 
 
 def _create_torch_backend():
+    import os
+
+    from loraswitch.core.models.cache import compile_cache_dir
+
+    # torch.compile's cold warm-up (90 s for llama-1b on an H200) is paid once: inductor's FX
+    # graph and autograd caches live in the user cache directory, not a /tmp a reboot clears.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir("torch"))
     from loraswitch.backends.torch_peft.backend import TorchBackend  # heavy imports happen here, only when chosen
 
     return TorchBackend.from_environment()

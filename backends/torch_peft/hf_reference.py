@@ -1,15 +1,21 @@
-"""The baseline: plain transformers + peft, eager, the loop their documentation shows.
+"""The torch peers in ``loraswitch bench``: plain transformers + peft, the loop their documentation shows.
 
-This is what a user would write instead of using loraswitch, so it stays deliberately plain:
-no torch.compile, no fused loss, no tricks. It mirrors the anchor that produced the published
-reference numbers (shared/anchors/hf_peft_reference.py): LlamaForCausalLM built from its config,
-SDPA attention, bf16 on CUDA (fp32 on CPU), ``get_peft_model``, fused AdamW on CUDA,
+``hf-reference`` is what a user would write instead of using loraswitch, so it stays deliberately
+plain: no torch.compile, no fused loss, no tricks. It mirrors the anchor measurement behind the
+published reference numbers (docs/benchmarks.md): the model class built from its config, SDPA
+attention, bf16 on CUDA (fp32 on CPU), ``get_peft_model``, fused AdamW on CUDA,
 ``(loss / accumulation_steps).backward()``, ``opt.step()``, ``opt.zero_grad()``.
+
+``hf-compile`` is the same loop with ``torch.compile(model)``: what a careful torch user runs,
+the strongest plain peer. ``hf-liger`` (only where liger-kernel is installed) patches the model
+with Liger's fused kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy); its loss is
+reported beside its speed, since Liger with torch.compile has been seen returning a wrong loss.
 torch, transformers and peft are imported inside ``load`` so importing this module stays light.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -17,11 +23,12 @@ import numpy as np
 from loraswitch.core.bench.protocol import BenchSettings
 from loraswitch.core.types import ModelSource
 
+VARIANTS = {"hf-reference": "eager", "hf-compile": "compile", "hf-liger": "liger"}
+
 
 class HFReference:
-    name = "hf-reference"
-
-    def __init__(self, settings: BenchSettings, source: ModelSource, tokens: np.ndarray):
+    def __init__(self, settings: BenchSettings, source: ModelSource, tokens: np.ndarray, name: str = "hf-reference"):
+        self.name, self.variant = name, VARIANTS[name]
         self.settings = settings
         self.source = source
         self.tokens = tokens
@@ -29,7 +36,7 @@ class HFReference:
     def load(self) -> None:
         import torch
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         s = self.settings
         self.torch = torch
@@ -38,14 +45,17 @@ class HFReference:
         if self.source.random_init:
             # The anchor's way: a model from its config, initialised by transformers on the device.
             torch.manual_seed(self.source.init_seed)
-            cfg = LlamaConfig.from_pretrained(self.source.path)
-            cfg._attn_implementation = "sdpa"
+            cfg = AutoConfig.from_pretrained(self.source.path)
             with torch.device(self.device):
-                model = LlamaForCausalLM(cfg).to(dtype)
+                model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").to(dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 self.source.path, dtype=dtype, attn_implementation="sdpa", use_safetensors=True
             ).to(self.device)
+        if self.variant == "liger":
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+            _apply_liger_kernel_to_instance(model=model)
         torch.manual_seed(s.seed)
         lora = LoraConfig(
             r=s.lora_r,
@@ -56,6 +66,12 @@ class HFReference:
         )
         self.model = get_peft_model(model, lora)
         self.model.train()
+        self.forward = self.model
+        if self.variant == "compile":
+            # LORASWITCH_HF_COMPILE_BACKEND=aot_eager lets a CPU test run the compiled path
+            # without inductor's C++ build (minutes on 2 cores); the report records the variable.
+            backend = os.environ.get("LORASWITCH_HF_COMPILE_BACKEND", "inductor")
+            self.forward = torch.compile(self.model, backend=backend)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.params_trainable = sum(p.numel() for p in params)
         self.params_total = sum(p.numel() for p in self.model.parameters())
@@ -72,7 +88,7 @@ class HFReference:
         losses = []
         for a in range(accum):
             x = self.data[step * accum + a]
-            loss = self.model(input_ids=x, labels=x).loss
+            loss = self.forward(input_ids=x, labels=x).loss
             (loss / accum).backward()
             losses.append(loss.detach())
         self.opt.step()
@@ -101,5 +117,6 @@ class HFReference:
             "precision": self.settings.precision,
             "params_total": self.params_total,
             "params_trainable": self.params_trainable,
-            "compile": False,
+            "compile": self.variant == "compile",
+            "variant": self.variant,
         }

@@ -18,7 +18,10 @@ from loraswitch.core.config import DEFAULT_TARGET_MODULES
 from loraswitch.core.errors import UserError
 from loraswitch.core.models.shapes import SHAPES, shape_config
 
-HF_REFERENCE = "hf-reference"
+HF_REFERENCE = "hf-reference"  # plain transformers + peft, eager: the baseline every ratio is against
+HF_COMPILE = "hf-compile"  # the same with torch.compile: the strongest plain torch peer
+HF_LIGER = "hf-liger"  # the same with Liger kernels, where liger-kernel is installed
+HF_SYSTEMS = {HF_REFERENCE: (), HF_COMPILE: (), HF_LIGER: ("liger_kernel",)}  # name -> extra modules it needs
 # Dense bf16 matrix-product rate measured on the H200 used for the reference numbers
 # (8192^3 products on random data, measured on the device); MFU is reported against it.
 H200_BF16_PEAK_FLOPS = 790e12

@@ -12,7 +12,18 @@ from typing import Any
 
 GIB = 2**30
 
-COLUMNS = ("system", "status", "tokens/s", "steps/s", "× hf-ref", "MFU", "peak GiB", "warm-up s", "loss")
+COLUMNS = (
+    "system",
+    "status",
+    "tokens/s",
+    "steps/s",
+    "× hf-ref",
+    "× hf-compile",
+    "MFU",
+    "peak GiB",
+    "warm-up s",
+    "loss",
+)
 
 
 def _fmt(x: Any, spec: str, none: str = "–") -> str:
@@ -23,7 +34,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
     out = []
     for r in report["systems"]:
         if r["status"] != "ok":
-            out.append((r["system"], r["status"], *(["–"] * 6), r.get("error", "")[:80]))
+            out.append((r["system"], r["status"], *(["–"] * (len(COLUMNS) - 3)), r.get("error", "")[:80]))
             continue
         peak = r.get("peak_memory_bytes")
         peak_s = _fmt(peak / GIB if peak else None, ".1f") + (
@@ -36,13 +47,21 @@ def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
                 _fmt(r["tokens_per_s"], ",.0f"),
                 _fmt(r["steps_per_s"], ".3f"),
                 _fmt(r.get("ratio_to_hf_reference"), ".2f"),
+                _fmt(r.get("ratio_to_hf_compile"), ".2f"),
                 _fmt(r.get("mfu"), ".1%"),
                 peak_s,
-                _fmt(r["warmup_s"], ".1f"),
+                _warmup(r),
                 _fmt(r["loss"], ".4f"),
             )
         )
     return out
+
+
+def _warmup(r: dict[str, Any]) -> str:
+    """Warm-up seconds; with a second, warm-cache run of a compiled system: "cold / warm"."""
+    cold = _fmt(r["warmup_s"], ".1f")
+    warm = r.get("warmup_warm_s")
+    return cold if warm is None else f"{cold} / {warm:.1f}"
 
 
 def _title(report: dict[str, Any]) -> str:
@@ -107,7 +126,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
     bars = ax.bar(
         [r["system"] for r in ok],
         [r["tokens_per_s"] for r in ok],
-        color=["#888888" if r["system"] == "hf-reference" else "#3b6fb6" for r in ok],
+        color=["#888888" if r["system"].startswith("hf-") else "#3b6fb6" for r in ok],
     )
     for bar, r in zip(bars, ok):
         label = f"loss {r['loss']:.4f}"

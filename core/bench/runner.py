@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -20,13 +21,24 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from loraswitch.core.bench.protocol import HF_REFERENCE, BenchSettings, flops_per_token, matmul_params, model_config_of
+from loraswitch.core.bench.protocol import (
+    HF_COMPILE,
+    HF_LIGER,
+    HF_REFERENCE,
+    HF_SYSTEMS,
+    BenchSettings,
+    flops_per_token,
+    matmul_params,
+    model_config_of,
+)
 from loraswitch.core.bench.worker import RESULT_MARKER
 from loraswitch.core.errors import UserError
+from loraswitch.core.models.cache import COMPILE_CACHE_VARIABLES
 
 # Losses of systems that start from independently drawn LoRA weights and dropout masks, in bf16,
 # agree to about 1% after a few steps; a larger gap means a system computes a different loss.
 LOSS_REL_TOLERANCE = 0.02
+OPTIONAL_SYSTEMS = (HF_LIGER,)
 ENV_PREFIXES = ("LORASWITCH_", "XLA_", "JAX_", "TF_", "PYTORCH_", "TORCH", "CUDA_VISIBLE_DEVICES", "NVIDIA_TF32")
 
 
@@ -34,7 +46,9 @@ def available_systems() -> dict[str, str | None]:
     """Every system name -> None when it can run here, else why not (the install hint)."""
     from loraswitch.core.plugins import get_backends
 
-    systems: dict[str, str | None] = {HF_REFERENCE: _missing_reason(("torch", "transformers", "peft"), "torch")}
+    systems: dict[str, str | None] = {
+        name: _missing_reason(("torch", "transformers", "peft", *extra), "torch") for name, extra in HF_SYSTEMS.items()
+    }
     for name, info in get_backends().items():
         systems[name] = f"needs {', '.join(info.missing)}: {info.install_hint}" if info.missing else None
     return systems
@@ -50,8 +64,8 @@ def _missing_reason(modules: tuple[str, ...], extra: str) -> str | None:
 def parse_systems(text: str | None, known: dict[str, str | None]) -> list[str]:
     """``torch,jax,hf-reference`` -> names, checked. None means every known system.
     A per-system setting (``torch:compile=false``) is refused: all systems share one settings."""
-    if not text:
-        return list(known)
+    if not text:  # every system, but an optional peer only where it is installed
+        return [n for n in known if n not in OPTIONAL_SYSTEMS or known[n] is None]
     names = [n.strip() for n in text.split(",") if n.strip()]
     for n in names:
         if any(c in n for c in ":=@"):
@@ -67,8 +81,17 @@ def parse_systems(text: str | None, known: dict[str, str | None]) -> list[str]:
     return names
 
 
-def run_worker(system: str, settings: BenchSettings, log_path: Path, timeout_s: float | None) -> dict[str, Any]:
-    """Start one worker, log its output to ``log_path``, return its result line."""
+def run_worker(
+    system: str,
+    settings: BenchSettings,
+    log_path: Path,
+    timeout_s: float | None,
+    *,
+    compile_cache: Path | None = None,
+    warmup_only: bool = False,
+) -> dict[str, Any]:
+    """Start one worker, log its output to ``log_path``, return its result line. Its compiled
+    programs go to ``compile_cache`` (torch inductor's and jax's persistent caches)."""
     cmd = [
         sys.executable,
         "-m",
@@ -77,8 +100,11 @@ def run_worker(system: str, settings: BenchSettings, log_path: Path, timeout_s: 
         system,
         "--settings",
         settings.model_dump_json(),
+        *(["--warmup_only"] if warmup_only else []),
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if compile_cache is not None:
+        env.update({var: str(compile_cache / fw) for fw, var in COMPILE_CACHE_VARIABLES.items()})
     t = time.perf_counter()
     # stdout and stderr go straight to the log, so a long GPU run can be watched while it runs.
     with open(log_path, "w") as log:
@@ -107,6 +133,7 @@ def derive(results: list[dict[str, Any]], settings: BenchSettings) -> None:
     """Add MFU, ratio and loss difference against hf-reference to each successful result."""
     fpt = flops_per_token(model_config_of(settings.shape), settings.seq_len)
     ref = next((r for r in results if r["system"] == HF_REFERENCE and r["status"] == "ok"), None)
+    peer = next((r for r in results if r["system"] == HF_COMPILE and r["status"] == "ok"), None)
     for r in results:
         if r["status"] != "ok":
             continue
@@ -114,6 +141,8 @@ def derive(results: list[dict[str, Any]], settings: BenchSettings) -> None:
         # MFU against a GPU's peak means nothing for a CPU run.
         r["mfu"] = r["tokens_per_s"] * fpt / settings.peak_flops if on_gpu else None
         r["loss_finite"] = math.isfinite(r["loss"])
+        same_as_peer = peer is not None and _same_job(r, peer)
+        r["ratio_to_hf_compile"] = r["tokens_per_s"] / peer["tokens_per_s"] if peer and same_as_peer else None
         if ref is None or not _same_job(r, ref):
             r["ratio_to_hf_reference"] = r["loss_rel_diff_to_hf_reference"] = r["loss_matches_hf_reference"] = None
             continue
@@ -196,8 +225,13 @@ def run_bench(
     timeout_s: float | None = None,
     skipped: dict[str, str] | None = None,
     progress: Callable[[str], None] = lambda msg: None,
+    warm_rerun: bool = False,
 ) -> dict[str, Any]:
-    """Run ``systems`` one after the other and return the report dict (also what results.json holds)."""
+    """Run ``systems`` one after the other and return the report dict (also what results.json holds).
+
+    Every system starts with an empty compile cache, so ``warm-up s`` is a cold start whatever
+    ran on this machine before; with ``warm_rerun`` each system is started once more on the cache
+    its first run filled and that warm-up is reported too (``warmup_warm_s``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = model_config_of(settings.shape)
     results: list[dict[str, Any]] = []
@@ -207,7 +241,14 @@ def run_bench(
             progress(f"{name}: skipped ({skipped[name]})")
             continue
         progress(f"{name}: running")
-        r = run_worker(name, settings, out_dir / f"worker-{name}.log", timeout_s)
+        cache = out_dir / "compile-cache" / name
+        shutil.rmtree(cache, ignore_errors=True)
+        r = run_worker(name, settings, out_dir / f"worker-{name}.log", timeout_s, compile_cache=cache)
+        if warm_rerun and r["status"] == "ok":
+            progress(f"{name}: warm start")
+            log = out_dir / f"worker-{name}-warm.log"
+            warm = run_worker(name, settings, log, timeout_s, compile_cache=cache, warmup_only=True)
+            r["warmup_warm_s"] = warm.get("warmup_s") if warm["status"] == "ok" else None
         results.append(r)
         progress(
             f"{name}: {r['status']}"

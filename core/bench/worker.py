@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from loraswitch.core.bench.protocol import HF_REFERENCE, BenchSettings, synthetic_tokens
+from loraswitch.core.bench.protocol import HF_SYSTEMS, BenchSettings, synthetic_tokens
 
 RESULT_MARKER = "LORASWITCH_BENCH_RESULT "
 
@@ -137,9 +137,10 @@ class DeviceMemory:
         return self.kind == "jax"
 
 
-def measure(system: Any, settings: BenchSettings) -> dict[str, Any]:
+def measure(system: Any, settings: BenchSettings, *, warmup_only: bool = False) -> dict[str, Any]:
     """The protocol: load; warm-up steps (timed separately: compilation lives here); reset the
-    peak; timed steps with no host sync until one float() of the last loss at the end."""
+    peak; timed steps with no host sync until one float() of the last loss at the end.
+    ``warmup_only`` stops after the warm-up (a warm-cache rerun measures only that)."""
     t = time.perf_counter()
     system.load()
     load_s = time.perf_counter() - t
@@ -152,6 +153,8 @@ def measure(system: Any, settings: BenchSettings) -> dict[str, Any]:
         float(values[-1][-1])
         system.sync()
     warmup_s = time.perf_counter() - t
+    if warmup_only:
+        return {"status": "ok", "load_s": load_s, "warmup_s": warmup_s}
 
     memory = DeviceMemory()
     memory.reset()
@@ -188,10 +191,10 @@ def build_system(name: str, settings: BenchSettings) -> Any:
 
     source = resolve_model(settings.model)
     tokens = synthetic_tokens(settings, model_config_of(settings.shape)["vocab_size"])
-    if name == HF_REFERENCE:
+    if name in HF_SYSTEMS:
         from loraswitch.backends.torch_peft.hf_reference import HFReference
 
-        return HFReference(settings, source, tokens)
+        return HFReference(settings, source, tokens, name)
     return BackendSystem(name, settings, source, tokens)
 
 
@@ -199,10 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loraswitch.core.bench.worker")
     parser.add_argument("--system", required=True)
     parser.add_argument("--settings", required=True, help="BenchSettings as JSON")
+    parser.add_argument("--warmup_only", action="store_true", help="stop after the warm-up steps")
     args = parser.parse_args(argv)
     try:
         settings = BenchSettings.model_validate_json(args.settings)
-        result = measure(build_system(args.system, settings), settings)
+        result = measure(build_system(args.system, settings), settings, warmup_only=args.warmup_only)
     except BaseException as e:  # report every failure (OOM, compile error) as a result, then the traceback
         traceback.print_exc()
         result = {"status": "failed", "error": f"{type(e).__name__}: {e}".strip()[:2000]}

@@ -108,3 +108,14 @@ def publish_dir(target: str | Path, build: Callable[[Path], None]) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+COMPILE_CACHE_VARIABLES = {"torch": "TORCHINDUCTOR_CACHE_DIR", "jax": "JAX_COMPILATION_CACHE_DIR"}
+
+
+def compile_cache_dir(framework: str) -> Path:
+    """Where a framework keeps compiled programs between runs, so a second run's warm-up skips
+    the compiler: the framework's own variable (TORCHINDUCTOR_CACHE_DIR, JAX_COMPILATION_CACHE_DIR)
+    if set, else ``<cache>/compile/<framework>``."""
+    env = os.environ.get(COMPILE_CACHE_VARIABLES[framework])
+    return Path(env) if env else cache_dir() / "compile" / framework

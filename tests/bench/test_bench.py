@@ -14,7 +14,7 @@ import pytest
 
 from loraswitch.core import cli
 from loraswitch.core.bench import protocol, report, runner
-from loraswitch.core.bench.protocol import HF_REFERENCE, BenchSettings, make_settings
+from loraswitch.core.bench.protocol import HF_COMPILE, HF_REFERENCE, BenchSettings, make_settings
 from loraswitch.core.errors import UserError
 from loraswitch.core.models.shapes import shape_config
 
@@ -97,9 +97,12 @@ def test_derive_ratio_mfu_and_loss_agreement():
         _ok("torch", 60_000, 69.9),
         _ok("cpu-thing", 10, 12.18, device_type="cpu"),
         {"system": "x", "status": "failed", "error": "OOM"},
+        _ok(HF_COMPILE, 50_600, 12.18),
     ]
     runner.derive(results, s)
     ref, jax_, torch_, cpu = results[:4]
+    assert jax_["ratio_to_hf_compile"] == pytest.approx(76_120 / 50_600)
+    assert cpu["ratio_to_hf_compile"] is None
     assert ref["ratio_to_hf_reference"] == 1.0
     assert jax_["ratio_to_hf_reference"] == pytest.approx(2.2)
     fpt = protocol.flops_per_token(shape_config("llama-1b"), 2048)
@@ -109,7 +112,7 @@ def test_derive_ratio_mfu_and_loss_agreement():
     # a system on another kind of device is not compared, and gets no GPU MFU
     assert cpu["ratio_to_hf_reference"] is None and cpu["mfu"] is None
     assert runner.mismatches(results) == [
-        "systems ran with different device_type: hf-reference=gpu, jax=gpu, torch=gpu, cpu-thing=cpu"
+        "systems ran with different device_type: hf-reference=gpu, jax=gpu, torch=gpu, cpu-thing=cpu, hf-compile=gpu"
     ]
 
 
@@ -129,9 +132,14 @@ def test_failed_worker_is_reported_with_its_log_tail(tmp_path):
 # ---------------------------------------------------------------- one real run
 
 
-def test_bench_on_tiny_cpu_trains_every_system(tmp_path, capsys):
+def test_bench_on_tiny_cpu_trains_every_system(tmp_path, capsys, monkeypatch):
+    # The compiled peer runs through torch.compile with the aot_eager backend: the same Dynamo and
+    # AOTAutograd path, without inductor's C++ build (minutes on a 2-core CPU).
+    monkeypatch.setenv("LORASWITCH_HF_COMPILE_BACKEND", "aot_eager")
     known = runner.available_systems()
-    wanted = [HF_REFERENCE, "torch", "jax"] + (["numpy"] if "numpy" in known and known["numpy"] is None else [])
+    wanted = [HF_REFERENCE, HF_COMPILE, "torch", "jax"] + (
+        ["numpy"] if "numpy" in known and known["numpy"] is None else []
+    )
     for name in wanted:
         assert name in known and known[name] is None, f"{name}: {known.get(name)}"
     out = tmp_path / "bench"
@@ -154,6 +162,7 @@ def test_bench_on_tiny_cpu_trains_every_system(tmp_path, capsys):
         "fp32",
         "--out",
         str(out),
+        "--warm_rerun",
     ]
     assert cli.main(["bench", *argv]) == 0, capsys.readouterr()
 
@@ -173,12 +182,15 @@ def test_bench_on_tiny_cpu_trains_every_system(tmp_path, capsys):
         assert len(r["losses"]) == 3 and all(math.isfinite(x) for x in r["losses"])
         assert r["loss"] == r["losses"][-1] and r["loss_finite"]
         assert r["info"]["device_type"] == "cpu" and r["info"]["precision"] == "fp32"
-        assert r["ratio_to_hf_reference"] > 0
+        assert r["ratio_to_hf_reference"] > 0 and r["ratio_to_hf_compile"] > 0
+        assert r["warmup_warm_s"] > 0  # each system started a second time on the cache its first run filled
         assert (out / r["log"]).exists()
         losses[r["system"]] = r["loss"]
     # hf-reference, torch and jax load the same random:tiny weights: on random tokens over a
     # 512-token vocabulary they all sit near ln(512) and agree with each other
-    for system in (HF_REFERENCE, "torch", "jax"):
+    assert data["systems"][1]["info"]["compile"] is True
+    assert data["machine"]["environment"]["LORASWITCH_HF_COMPILE_BACKEND"] == "aot_eager"
+    for system in (HF_REFERENCE, HF_COMPILE, "torch", "jax"):
         assert abs(losses[system] - math.log(512)) < 0.1, (system, losses[system])
     for r in data["systems"]:
         if r["system"] in ("torch", "jax"):

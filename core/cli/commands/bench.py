@@ -54,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default=None, help="report directory (default: bench-results/<timestamp>)")
     parser.add_argument("--timeout_s", type=float, default=3600, help="give up on a system after this long")
+    parser.add_argument(
+        "--warm_rerun",
+        action="store_true",
+        help="start each system once more on the compile cache its first run filled; report that warm-up too",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
@@ -87,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
         skipped=skipped,
         progress=lambda msg: console.print(msg, style="dim"),
+        warm_rerun=args.warm_rerun,
     )
     paths = report_mod.write(report, out)
     stdout = Console()
@@ -107,4 +113,6 @@ def _command_line(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name, None)
         if value is not None:
             line += [f"--{name}", str(value)]
+    if getattr(args, "warm_rerun", False):
+        line.append("--warm_rerun")
     return line
