@@ -308,6 +308,8 @@ class TorchBackend:
             "params_total": sum(p.numel() for p in unique),
             "params_trainable": sum(p.numel() for p in unique if p.requires_grad),
             "processes": self.group.world_size if self.group is not None else 1,
+            "device_count": self.group.world_size if self.group is not None else 1,  # one device per process
+            "mesh": {"data": self.group.data, "fsdp": self.group.fsdp} if self.group is not None else None,
             "parallel": self.group.layout if self.group is not None else "none",
         }
 

@@ -24,6 +24,11 @@ COLUMNS = (
     "warm-up s",
     "loss",
 )
+SCALING_COLUMNS = ("devices", "tokens/s per device", "scaling eff.")
+
+
+def columns(report: dict[str, Any]) -> tuple[str, ...]:
+    return COLUMNS[:1] + SCALING_COLUMNS + COLUMNS[1:] if report.get("scaling") else COLUMNS
 
 
 def _fmt(x: Any, spec: str, none: str = "–") -> str:
@@ -32,9 +37,14 @@ def _fmt(x: Any, spec: str, none: str = "–") -> str:
 
 def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
     out = []
+    scaling = bool(report.get("scaling"))
     for r in report["systems"]:
+        extra: tuple[str, ...] = ()
+        if scaling:
+            eff = r.get("scaling_efficiency")
+            extra = (str(r.get("devices", 1)), _fmt(r.get("tokens_per_s_per_device"), ",.0f"), _fmt(eff, ".1%"))
         if r["status"] != "ok":
-            out.append((r["system"], r["status"], *(["–"] * (len(COLUMNS) - 3)), r.get("error", "")[:80]))
+            out.append((r["system"], *extra, r["status"], *(["–"] * (len(COLUMNS) - 3)), r.get("error", "")[:80]))
             continue
         peak = r.get("peak_memory_bytes")
         peak_s = _fmt(peak / GIB if peak else None, ".1f") + (
@@ -43,6 +53,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
         out.append(
             (
                 r["system"],
+                *extra,
                 "ok",
                 _fmt(r["tokens_per_s"], ",.0f"),
                 _fmt(r["steps_per_s"], ".3f"),
@@ -67,8 +78,10 @@ def _warmup(r: dict[str, Any]) -> str:
 def _title(report: dict[str, Any]) -> str:
     s, m = report["settings"], report["machine"]
     where = m.get("gpu") or "CPU"
+    scaling = report.get("scaling")
+    batch = f"batch {s['batch_size']} per device ({scaling['mesh']} mesh)" if scaling else f"batch {s['batch_size']}"
     return (
-        f"{report['model']['name']} on {where}, {s['precision']}, batch {s['batch_size']} × seq {s['seq_len']}, "
+        f"{report['model']['name']} on {where}, {s['precision']}, {batch} × seq {s['seq_len']}, "
         f"accumulation {s['accumulation_steps']}, r {s['lora_r']}, {s['steps']} timed steps after {s['warmup_steps']} warm-up"
     )
 
@@ -86,7 +99,7 @@ def print_table(report: dict[str, Any], console: Any = None) -> None:
 
     console = console or Console()
     table = Table(title=_title(report))
-    for c in COLUMNS:
+    for c in columns(report):
         table.add_column(c, justify="left" if c in ("system", "status") else "right")
     for row in rows(report):
         table.add_row(*row)
@@ -96,7 +109,8 @@ def print_table(report: dict[str, Any], console: Any = None) -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"**{_title(report)}**", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    cols = columns(report)
+    lines = [f"**{_title(report)}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(row) + " |" for row in rows(report)]
     lines += [""] + [f"- {n}" for n in notes(report)]
     m = report["machine"]
@@ -124,7 +138,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
     ok = [r for r in report["systems"] if r["status"] == "ok"]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(ok) + 2), 4.2))
     bars = ax.bar(
-        [r["system"] for r in ok],
+        [r["system"] + (f" x{r['devices']}" if report.get("scaling") else "") for r in ok],
         [r["tokens_per_s"] for r in ok],
         color=["#888888" if r["system"].startswith("hf-") else "#3b6fb6" for r in ok],
     )

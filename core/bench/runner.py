@@ -14,13 +14,13 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from loraswitch.core.bench import scaling
 from loraswitch.core.bench.protocol import (
     HF_COMPILE,
     HF_LIGER,
@@ -89,20 +89,17 @@ def run_worker(
     *,
     compile_cache: Path | None = None,
     warmup_only: bool = False,
+    devices: int = 1,
+    mesh_axis: str = "data",
 ) -> dict[str, Any]:
-    """Start one worker, log its output to ``log_path``, return its result line. Its compiled
-    programs go to ``compile_cache`` (torch inductor's and jax's persistent caches)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "loraswitch.core.bench.worker",
-        "--system",
-        system,
-        "--settings",
-        settings.model_dump_json(),
-        *(["--warmup_only"] if warmup_only else []),
-    ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    """Start one worker on ``devices`` devices (scaling.py), log its output to ``log_path``,
+    return its result line. Its compiled programs go to ``compile_cache`` (torch inductor's and
+    jax's persistent caches)."""
+    worker_args = ["--system", system, "--settings", settings.model_dump_json()]
+    worker_args += ["--warmup_only"] if warmup_only else []
+    worker_args += ["--devices", str(devices), "--mesh", mesh_axis] if devices > 1 else []
+    cmd, extra_env = scaling.launch(system, devices, worker_args)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra_env)
     if compile_cache is not None:
         env.update({var: str(compile_cache / fw) for fw, var in COMPILE_CACHE_VARIABLES.items()})
     t = time.perf_counter()
@@ -120,7 +117,7 @@ def run_worker(
         result = {"status": "failed", "error": f"timed out after {timeout_s:.0f} s"}
     else:
         result = {"status": "failed", "error": f"worker exited with code {rc} without a result: {_tail(log_path)}"}
-    result.update(system=system, process_wall_s=wall_s, log=log_path.name)
+    result.update(system=system, devices=devices, process_wall_s=wall_s, log=log_path.name)
     return result
 
 
@@ -157,9 +154,10 @@ def derive(results: list[dict[str, Any]], settings: BenchSettings) -> None:
 
 
 def _same_job(r: dict[str, Any], ref: dict[str, Any]) -> bool:
-    """Systems are only compared when they ran on the same kind of device in the same precision."""
+    """Systems are only compared when they ran on the same kind and number of devices in the
+    same precision (scaling runs are compared by their scaling efficiency instead)."""
     keys = ("device_type", "precision")
-    return all(r["info"].get(k) == ref["info"].get(k) for k in keys)
+    return r.get("devices", 1) == ref.get("devices", 1) and all(r["info"].get(k) == ref["info"].get(k) for k in keys)
 
 
 def mismatches(results: list[dict[str, Any]]) -> list[str]:
@@ -216,6 +214,44 @@ def machine_facts(command: list[str]) -> dict[str, Any]:
     return facts
 
 
+def _run_system(
+    name: str,
+    label: str,
+    settings: BenchSettings,
+    out_dir: Path,
+    timeout_s: float | None,
+    warm_rerun: bool,
+    devices: int,
+    mesh_axis: str,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """One system on an empty compile cache, and once more on the filled one with ``warm_rerun``."""
+    progress(f"{label}: running")
+    cache = out_dir / "compile-cache" / label
+    shutil.rmtree(cache, ignore_errors=True)
+
+    def start(log: Path, warmup_only: bool) -> dict[str, Any]:
+        return run_worker(
+            name,
+            settings,
+            log,
+            timeout_s,
+            compile_cache=cache,
+            warmup_only=warmup_only,
+            devices=devices,
+            mesh_axis=mesh_axis,
+        )
+
+    r = start(out_dir / f"worker-{label}.log", False)
+    if warm_rerun and r["status"] == "ok":
+        progress(f"{label}: warm start")
+        warm = start(out_dir / f"worker-{label}-warm.log", True)
+        r["warmup_warm_s"] = warm.get("warmup_s") if warm["status"] == "ok" else None
+    ok = f", {r['tokens_per_s']:,.0f} tokens/s, loss {r['loss']:.4f}" if r["status"] == "ok" else f" ({r['error']})"
+    progress(f"{label}: {r['status']}{ok}")
+    return r
+
+
 def run_bench(
     settings: BenchSettings,
     systems: list[str],
@@ -226,39 +262,32 @@ def run_bench(
     skipped: dict[str, str] | None = None,
     progress: Callable[[str], None] = lambda msg: None,
     warm_rerun: bool = False,
+    devices: tuple[int, ...] | None = None,
+    mesh_axis: str = "data",
 ) -> dict[str, Any]:
     """Run ``systems`` one after the other and return the report dict (also what results.json holds).
 
     Every system starts with an empty compile cache, so ``warm-up s`` is a cold start whatever
     ran on this machine before; with ``warm_rerun`` each system is started once more on the cache
-    its first run filled and that warm-up is reported too (``warmup_warm_s``)."""
+    its first run filled and that warm-up is reported too (``warmup_warm_s``). With ``devices``
+    (scaling mode, scaling.py) every system runs once per device count, batch_size per device."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = model_config_of(settings.shape)
     results: list[dict[str, Any]] = []
     for name in systems:
-        if skipped and name in skipped:
-            results.append({"system": name, "status": "skipped", "error": skipped[name]})
-            progress(f"{name}: skipped ({skipped[name]})")
-            continue
-        progress(f"{name}: running")
-        cache = out_dir / "compile-cache" / name
-        shutil.rmtree(cache, ignore_errors=True)
-        r = run_worker(name, settings, out_dir / f"worker-{name}.log", timeout_s, compile_cache=cache)
-        if warm_rerun and r["status"] == "ok":
-            progress(f"{name}: warm start")
-            log = out_dir / f"worker-{name}-warm.log"
-            warm = run_worker(name, settings, log, timeout_s, compile_cache=cache, warmup_only=True)
-            r["warmup_warm_s"] = warm.get("warmup_s") if warm["status"] == "ok" else None
-        results.append(r)
-        progress(
-            f"{name}: {r['status']}"
-            + (
-                f" ({r['error']})"
-                if r["status"] != "ok"
-                else f", {r['tokens_per_s']:,.0f} tokens/s, loss {r['loss']:.4f}"
-            )
-        )
+        for n in devices or (1,):
+            label = name if devices is None else f"{name}-x{n}"
+            why = (skipped or {}).get(name) or (scaling.unsupported(name, n) if devices else None)
+            if why:
+                results.append({"system": name, "devices": n, "status": "skipped", "error": why})
+                progress(f"{label}: skipped ({why})")
+                continue
+            job = scaling.settings_for(settings, n) if devices else settings
+            r = _run_system(name, label, job, out_dir, timeout_s, warm_rerun, n, mesh_axis, progress)
+            results.append(r)
     derive(results, settings)
+    if devices:
+        scaling.derive_scaling(results)
     return {
         "settings": settings.model_dump(mode="json"),
         "model": {
@@ -281,5 +310,6 @@ def run_bench(
         "machine": machine_facts(command),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "problems": mismatches(results),
+        "scaling": {"devices": list(devices), "mesh": mesh_axis} if devices else None,
         "systems": results,
     }

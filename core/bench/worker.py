@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -28,10 +29,12 @@ class BackendSystem:
     """Drives a registered backend through the Backend protocol, exactly as the engine would:
     MicroStep objects with weight = 1 / targets in the window, the update at the window's end."""
 
-    def __init__(self, name: str, settings: BenchSettings, source: Any, tokens: np.ndarray):
+    def __init__(
+        self, name: str, settings: BenchSettings, source: Any, tokens: np.ndarray, mesh: dict[str, int] | None = None
+    ):
         from loraswitch.core.types import Batch, MicroStep
 
-        self.name, self.settings, self.source = name, settings, source
+        self.name, self.settings, self.source, self.mesh = name, settings, source, mesh
         accum = settings.accumulation_steps
         weight = 1.0 / settings.targets_per_window
         ones = np.ones(tokens.shape[1:], np.int32)
@@ -68,6 +71,7 @@ class BackendSystem:
                 "batch_size": s.batch_size,
                 "accumulation_steps": s.accumulation_steps,
                 "max_seq_len": s.seq_len,
+                "mesh": self.mesh,
             },
             origin="bench",
         )
@@ -185,7 +189,7 @@ def measure(system: Any, settings: BenchSettings, *, warmup_only: bool = False) 
     }
 
 
-def build_system(name: str, settings: BenchSettings) -> Any:
+def build_system(name: str, settings: BenchSettings, mesh: dict[str, int] | None = None) -> Any:
     from loraswitch.core.bench.protocol import model_config_of
     from loraswitch.core.models.sources import resolve_model
 
@@ -195,7 +199,7 @@ def build_system(name: str, settings: BenchSettings) -> Any:
         from loraswitch.backends.torch_peft.hf_reference import HFReference
 
         return HFReference(settings, source, tokens, name)
-    return BackendSystem(name, settings, source, tokens)
+    return BackendSystem(name, settings, source, tokens, mesh)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,15 +207,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--system", required=True)
     parser.add_argument("--settings", required=True, help="BenchSettings as JSON")
     parser.add_argument("--warmup_only", action="store_true", help="stop after the warm-up steps")
+    parser.add_argument("--devices", type=int, default=1, help="scaling mode: devices this run trains on")
+    parser.add_argument("--mesh", choices=("data", "fsdp"), default="data", help="scaling mode: the mesh axis")
     args = parser.parse_args(argv)
     try:
         settings = BenchSettings.model_validate_json(args.settings)
-        result = measure(build_system(args.system, settings), settings, warmup_only=args.warmup_only)
+        mesh = {args.mesh: args.devices} if args.devices > 1 else None
+        result = measure(build_system(args.system, settings, mesh), settings, warmup_only=args.warmup_only)
     except BaseException as e:  # report every failure (OOM, compile error) as a result, then the traceback
         traceback.print_exc()
         result = {"status": "failed", "error": f"{type(e).__name__}: {e}".strip()[:2000]}
     result["system"] = args.system
-    print(RESULT_MARKER + json.dumps(result), flush=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one result line: the main process's
+        print(RESULT_MARKER + json.dumps(result), flush=True)
     return 0 if result["status"] == "ok" else 1
 
 

@@ -227,3 +227,46 @@ def test_report_renders_skipped_and_failed_rows(tmp_path):
     md = paths["markdown"].read_text()
     assert "| jax | skipped |" in md and "needs jax" in md
     assert json.loads(paths["json"].read_text())["systems"][1]["status"] == "skipped"
+
+
+def test_scaling_mode_runs_each_backend_on_one_and_two_devices(tmp_path, capsys):
+    """--devices 1,2: the same per-device micro-batch on 1 and 2 devices — jax on 2 forced CPU
+    devices in one process, torch as 2 gloo processes under torchrun — with a scaling efficiency
+    against each backend's own 1-device run; plain transformers + peft is single-device only."""
+    out = tmp_path / "scaling"
+    argv = ["--shape", "tiny", "--systems", "torch,jax", "--devices", "1,2", "--batch_size", "1",
+            "--seq_len", "16", "--accumulation_steps", "1", "--steps", "1", "--warmup_steps", "1",
+            "--precision", "fp32", "--out", str(out)]  # fmt: skip
+    assert cli.main(["bench", *argv]) == 0, capsys.readouterr()
+    data = json.loads((out / "results.json").read_text())
+    assert data["scaling"] == {"devices": [1, 2], "mesh": "data"}
+    by = {(r["system"], r["devices"]): r for r in data["systems"]}
+    assert sorted(by) == sorted((s, n) for s in ("torch", "jax") for n in (1, 2))
+    for system in ("torch", "jax"):
+        one, two = by[system, 1], by[system, 2]
+        assert one["status"] == two["status"] == "ok", (one, two)
+        assert one["tokens"] == 16 and two["tokens"] == 32  # batch_size is per device
+        assert one["scaling_efficiency"] == 1.0
+        assert two["scaling_efficiency"] == pytest.approx(two["tokens_per_s"] / (2 * one["tokens_per_s"]))
+        assert two["info"]["device_count"] == 2 and two["info"]["mesh"]["data"] == 2
+        assert abs(two["loss"] - math.log(512)) < 0.1
+    assert "scaling eff." in (out / "results.md").read_text()
+
+
+def test_scaling_keeps_the_per_device_batch_and_plain_peers_on_one_device():
+    from loraswitch.core.bench import scaling
+
+    s = BenchSettings(shape="tiny", batch_size=3, precision="fp32")
+    assert scaling.settings_for(s, 2).batch_size == 6 and scaling.settings_for(s, 1) == s
+    assert scaling.unsupported(HF_REFERENCE, 2) and scaling.unsupported(HF_COMPILE, 1) is None
+    assert scaling.parse_devices("1,2,4") == (1, 2, 4)
+    for bad in ("2,1", "0", "1,1", "x"):
+        with pytest.raises(UserError, match="--devices"):
+            scaling.parse_devices(bad)
+    results = [_ok("jax", 100.0, 6.2), dict(_ok("jax", 190.0, 6.2), devices=2), _ok(HF_REFERENCE, 50.0, 6.2)]
+    results[0]["devices"] = 1
+    runner.derive(results, BenchSettings(shape="tiny", precision="fp32"))
+    scaling.derive_scaling(results)
+    assert results[1]["scaling_efficiency"] == pytest.approx(0.95) and results[1]["tokens_per_s_per_device"] == 95.0
+    assert results[1]["ratio_to_hf_reference"] is None  # 2 devices are not compared with 1
+    assert results[0]["ratio_to_hf_reference"] == 2.0

@@ -55,6 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="report directory (default: bench-results/<timestamp>)")
     parser.add_argument("--timeout_s", type=float, default=3600, help="give up on a system after this long")
     parser.add_argument(
+        "--devices",
+        default=None,
+        help="scaling mode: device counts such as 1,2; each system runs on each count, --batch_size per device",
+    )
+    parser.add_argument(
+        "--mesh",
+        choices=("data", "fsdp"),
+        default="data",
+        help="scaling mode: data parallel or base weights sharded over the devices (default: data)",
+    )
+    parser.add_argument(
         "--warm_rerun",
         action="store_true",
         help="start each system once more on the compile cache its first run filled; report that warm-up too",
@@ -76,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     from loraswitch.core.bench import report as report_mod
     from loraswitch.core.bench.runner import available_systems, parse_systems, run_bench
+    from loraswitch.core.bench.scaling import parse_devices
 
     console = Console(stderr=True)
     settings = settings_from_args(args)
@@ -93,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         skipped=skipped,
         progress=lambda msg: console.print(msg, style="dim"),
         warm_rerun=args.warm_rerun,
+        devices=parse_devices(args.devices) if args.devices else None,
+        mesh_axis=args.mesh,
     )
     paths = report_mod.write(report, out)
     stdout = Console()
@@ -115,4 +129,6 @@ def _command_line(args: argparse.Namespace) -> list[str]:
             line += [f"--{name}", str(value)]
     if getattr(args, "warm_rerun", False):
         line.append("--warm_rerun")
+    if getattr(args, "devices", None):
+        line += ["--devices", args.devices, "--mesh", args.mesh]
     return line
