@@ -230,24 +230,30 @@ class Llama(nnx.Module):
 
 
 def _chunks(hidden: jax.Array, targets: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
-    """[tokens, d] and [tokens] in chunks of ``chunk`` tokens, padded with ignored targets."""
-    d = hidden.shape[-1]
-    h, t = hidden.reshape(-1, d), targets.reshape(-1)
-    chunk = min(chunk, h.shape[0])
-    pad = -h.shape[0] % chunk
+    """[n, B, c, d] and [n, B, c]: the sequence cut into n pieces of c positions, every row in
+    every piece, so a piece holds about ``chunk`` tokens; padded with ignored targets.
+
+    Rows stay a batch axis of every piece: on several devices each then keeps its own rows.
+    Cutting the flattened [B*T] tokens instead put whole chunks on one device, so XLA gathered
+    the hidden states and every device computed the lm_head of the whole global batch
+    (docs/bench/NOTES.md: the missing 16% of 2-GPU data-parallel scaling)."""
+    B, T, d = hidden.shape
+    c = max(1, min(T, chunk // B))
+    pad = -T % c
     if pad:
-        h = jnp.pad(h, ((0, pad), (0, 0)))
-        t = jnp.pad(t, (0, pad), constant_values=IGNORE_INDEX)
-    return h.reshape(-1, chunk, d), t.reshape(-1, chunk)
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)), constant_values=IGNORE_INDEX)
+    n = hidden.shape[1] // c
+    return hidden.reshape(B, n, c, d).swapaxes(0, 1), targets.reshape(B, n, c).swapaxes(0, 1)
 
 
 def _chunk_logits(h_c: jax.Array, embedding: jax.Array) -> jax.Array:
-    return jnp.einsum("nd,vd->nv", h_c, embedding, preferred_element_type=jnp.float32)
+    return jnp.einsum("bcd,vd->bcv", h_c, embedding, preferred_element_type=jnp.float32)
 
 
 def _chunk_loss(logits: jax.Array, t_c: jax.Array) -> tuple[jax.Array, jax.Array]:
     lse = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, jnp.maximum(t_c, 0)[:, None], axis=-1)[:, 0]
+    target_logit = jnp.take_along_axis(logits, jnp.maximum(t_c, 0)[..., None], axis=-1)[..., 0]
     valid = t_c != IGNORE_INDEX
     return jnp.sum(jnp.where(valid, lse - target_logit, 0.0)), lse
 
@@ -279,14 +285,14 @@ def _ce_forward(hidden, embedding, targets, chunk):
         logits = _chunk_logits(h_c, embedding)
         loss, lse = _chunk_loss(logits, t_c)
         vocab = jnp.arange(logits.shape[-1])
-        dlogits = jnp.exp(logits - lse[:, None]) - (vocab[None, :] == t_c[:, None])
-        dlogits = jnp.where((t_c != IGNORE_INDEX)[:, None], dlogits, 0.0).astype(h_c.dtype)
-        dh = jnp.einsum("nv,vd->nd", dlogits, embedding, preferred_element_type=jnp.float32)
+        dlogits = jnp.exp(logits - lse[..., None]) - (vocab == t_c[..., None])
+        dlogits = jnp.where((t_c != IGNORE_INDEX)[..., None], dlogits, 0.0).astype(h_c.dtype)
+        dh = jnp.einsum("bcv,vd->bcd", dlogits, embedding, preferred_element_type=jnp.float32)
         return total + loss, dh.astype(h_c.dtype)
 
     total, dh = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h, t))
-    n = hidden.shape[0] * hidden.shape[1]
-    return total, dh.reshape(-1, hidden.shape[-1])[:n].reshape(hidden.shape)
+    B, T, d = hidden.shape
+    return total, dh.swapaxes(0, 1).reshape(B, -1, d)[:, :T]
 
 
 def _ce_backward(chunk, dh, cotangent):
