@@ -73,6 +73,7 @@ def test_wheel_lays_out_the_namespace(wheel):
         "loraswitch/plugins/metrics_file.py",
         "loraswitch/plugins/progress.py",
         "loraswitch/plugins/loss_plot.py",
+        "loraswitch/core/report/report.html.jinja",  # package data: the report's template
     ):
         assert must in names, must
     assert "loraswitch/__init__.py" not in names  # loraswitch is a namespace package
