@@ -60,6 +60,10 @@ def tracking_uri(run_dir) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / names.MLFLOW_DB).resolve()}"
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 @contextmanager
 def _quiet_store_setup():
     """A new SQLite store announces its schema migrations at INFO; a training log does not need them."""
@@ -84,7 +88,10 @@ def on_run_start(run):
     with _quiet_store_setup():
         client = MlflowClient(tracking_uri=uri)
         saved = read_state(run.run_dir).get(NAME) or {}
-        active = _continue(client, run, saved) if run.resumed and saved.get("tracking_uri") == uri else None
+        same_store = saved.get("tracking_uri") == uri
+        if run.resumed and saved and not same_store:
+            _say(f"mlflow: this run logged to {saved.get('tracking_uri')}, now to {uri}: starting a new MLflow run")
+        active = _continue(client, run, saved) if run.resumed and same_store else None
         if active is None:
             active = _Active(client, _create(client, run))
             save_state(run.run_dir, NAME, {"tracking_uri": uri, "run_id": active.run_id})
@@ -98,8 +105,7 @@ def _continue(client, run, saved: dict[str, Any]) -> _Active | None:
     try:
         client.get_run(saved["run_id"])
     except (MlflowException, KeyError):
-        where = saved.get("tracking_uri")
-        print(f"mlflow: run {saved.get('run_id')} is not in {where}; starting a new one", file=sys.stderr)
+        _say(f"mlflow: run {saved.get('run_id')} is not in {saved.get('tracking_uri')}: starting a new MLflow run")
         return None
     run_id = saved["run_id"]
     client.update_run(run_id, status="RUNNING")
