@@ -18,6 +18,7 @@ the wall-clock tokens/s.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +68,17 @@ def on_run_start(run):
         ) from e
     wb.config.update(run.config.model_dump(), allow_val_change=True)  # n_steps may grow on resume
     save_state(run.run_dir, NAME, {"run_id": wb.id, "project": wb.project, "mode": wb.settings.mode})
-    _active[id(run)] = _Active(wb, _wandb_log.last_steps(earlier), wb.step if run_id else 0)
+    _active[id(run)] = _Active(wb, _stored_steps(earlier), wb.step if run_id else 0)
+
+
+def _stored_steps(earlier) -> dict[str, int]:
+    """The last step of each metric in the earlier run files; an unreadable file costs the
+    de-duplication of the retrained steps, never the run."""
+    try:
+        return _wandb_log.last_steps(earlier)
+    except Exception as e:  # a format this reader does not know, a damaged file
+        print(f"wandb: cannot read the earlier run files ({e}); retrained steps may be logged twice", file=sys.stderr)
+        return {}
 
 
 def _log(run, metrics: dict[str, Any]) -> None:
