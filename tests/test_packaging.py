@@ -73,6 +73,10 @@ def test_wheel_lays_out_the_namespace(wheel):
         "loraswitch/plugins/metrics_file.py",
         "loraswitch/plugins/progress.py",
         "loraswitch/plugins/loss_plot.py",
+        "loraswitch/plugins/tensorboard_tracker.py",
+        "loraswitch/plugins/mlflow_tracker.py",
+        "loraswitch/plugins/wandb_tracker.py",
+        "loraswitch/core/report/report.html.jinja",  # package data: the report's template
     ):
         assert must in names, must
     assert "loraswitch/__init__.py" not in names  # loraswitch is a namespace package

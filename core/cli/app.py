@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "config": "config",
     "generate": "generate",
     "evaluate": "evaluate",
+    "report": "report",
     "backends": "backends",
     "plugins": "plugins",
     "models": "models",

@@ -16,7 +16,16 @@ import yaml
 
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.atomic import atomic_write_json, atomic_write_text
+from loraswitch.core.rundir import names
 from loraswitch.core.rundir.names import ADAPTER, CHECKPOINTS, CONFIG, LOSS_PLOT, METRICS, MIN_FREE_BYTES, SUMMARY
+
+# What --overwrite removes: every file a run or its trackers write (a new run must not resume into
+# the old run's tracker ids, nor show the old samples in its report).
+RUN_FILES = (
+    *(CONFIG, METRICS, SUMMARY, ADAPTER, CHECKPOINTS, LOSS_PLOT),
+    *(names.TRACKERS, names.TENSORBOARD, names.MLFLOW_DB, names.MLFLOW_ARTIFACTS, names.WANDB),
+    *(names.SAMPLES, names.QUICKSTART, names.REPORT),
+)
 
 
 def is_run_dir_in_use(run_dir: Path) -> bool:
@@ -72,7 +81,7 @@ def clear_run_dir(run_dir: Path) -> None:
     """--overwrite: remove the previous run's files (only ones loraswitch writes, and tmp leftovers)."""
     if not run_dir.exists():
         return
-    for name in (CONFIG, METRICS, SUMMARY, ADAPTER, CHECKPOINTS, LOSS_PLOT):
+    for name in RUN_FILES:
         p = run_dir / name
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)

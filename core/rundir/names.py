@@ -7,6 +7,13 @@ uses these constants, never the literals::
     loss.png           the loss curve (loss_plot plugin)
     adapter/           the final adapter, PEFT format
     checkpoints/step-NNNNNN/{adapter/, backend_state/, trainer_state.json}
+    trackers.json      each experiment tracker's run id, so --resume continues the same tracker run
+    tensorboard/       TensorBoard event files (report_to: tensorboard)
+    mlflow.db          the MLflow store when MLFLOW_TRACKING_URI is not set (report_to: mlflow)
+    wandb/             W&B's run files, offline runs included (report_to: wandb)
+    samples.json       sample answers before and after training (written by the quickstart)
+    quickstart.json    the quickstart's before/after exact match
+    report.html        `loraswitch report RUN_DIR`'s default output
 """
 
 from __future__ import annotations
@@ -19,6 +26,14 @@ ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
 BACKEND_STATE = "backend_state"
 TRAINER_STATE = "trainer_state.json"
+TRACKERS = "trackers.json"
+TENSORBOARD = "tensorboard"
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
+WANDB = "wandb"
+SAMPLES = "samples.json"
+QUICKSTART = "quickstart.json"
+REPORT = "report.html"
 KEEP_CHECKPOINTS = 2
 MIN_FREE_BYTES = 64 * 1024 * 1024
 CHECKPOINT_PREFIX, CHECKPOINT_TMP_PREFIX = "step-", ".tmp-step-"

@@ -29,7 +29,7 @@ from typing import Any
 from loraswitch.core.config import Config, validate
 from loraswitch.core.errors import UserError
 from loraswitch.core.files import atomic
-from loraswitch.core.plugins import call_hook, create_backend
+from loraswitch.core.plugins import call_hook, check_trackers, create_backend
 from loraswitch.core.rundir import checkpoints, layout, names
 from loraswitch.core.training import kill_points, parallel
 from loraswitch.core.training.evaluation import PAD_TO_MULTIPLE, eval_loss
@@ -109,6 +109,7 @@ class Recipe:
 
     def _check_run_dir(self) -> None:
         """Bad input never costs an existing run: every check runs before anything is written."""
+        check_trackers(self.config.report_to)
         if self.resume:
             if not (self.run_dir / names.CONFIG).is_file():
                 raise UserError(f"--resume {self.run_dir}: not a run directory (no {names.CONFIG})")

@@ -1,8 +1,9 @@
 """The README's main job, shortened: `loraswitch quickstart` on the built-in SmolLM2 with the
 torch backend writes a run whose adapter loads in peft.PeftModel.from_pretrained and gives the
-backend's own logits. (The full-length quickstart and its metric are measured, not tested:
-README "Two commands".)"""
+backend's own logits, its sample answers before and after, and its HTML report. (The full-length
+quickstart and its metric are measured, not tested: README "Two commands".)"""
 
+import html
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def quickstart_run(tmp_path, monkeypatch, smollm2_cache):
+def quickstart_run(tmp_path, monkeypatch, smollm2_cache, capsys):
     monkeypatch.setenv("LORASWITCH_CACHE", str(smollm2_cache))
     plugins.reset_plugin_manager()
     heldout = tmp_path / "heldout.jsonl"
@@ -46,6 +47,7 @@ def quickstart_run(tmp_path, monkeypatch, smollm2_cache):
         ]
     )
     assert code == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"report: {run_dir / 'report.html'}"
     yield run_dir
     plugins.reset_plugin_manager()
 
@@ -63,6 +65,11 @@ def test_quickstart_writes_a_run_whose_adapter_loads_in_peft(quickstart_run, smo
     assert 0.0 <= result["exact_match_before"] <= 1.0 and len(result["samples_after"]) == 2
     summary = json.loads((quickstart_run / "summary.json").read_text())
     assert summary["stop_reason"] == "n_steps" and (quickstart_run / "loss.png").is_file()
+    samples = json.loads((quickstart_run / "samples.json").read_text())
+    assert samples["before"] == result["samples_before"] and samples["after"] == result["samples_after"]
+    report = (quickstart_run / "report.html").read_text()
+    assert "Sample answers" in report and report.count("<svg") == 4
+    assert samples["after"][0]["answer"] in html.unescape(report)  # the answer after training, shown
 
     backend, tokenizer, _ = load_for_inference(model=None, backend_name=None, adapter=str(quickstart_run))
     ids = np.array(

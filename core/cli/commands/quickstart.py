@@ -5,8 +5,9 @@
   loraswitch quickstart --n_steps 10         # any config key as --KEY VALUE
 
 It measures the base model's exact match on the held-out file and two sample answers, trains
-(progress bar, eval, run directory with loss.png), then measures the adapter the same way, and
-writes both into RUN_DIR/quickstart.json.
+(progress bar, eval, run directory with loss.png), then measures the adapter the same way, writes
+both into RUN_DIR/quickstart.json and the sample answers into RUN_DIR/samples.json, and ends with
+the run's HTML report, RUN_DIR/report.html (`loraswitch report`).
 """
 
 from __future__ import annotations
@@ -37,17 +38,21 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import json
     import time
     from pathlib import Path
 
     from loraswitch.core.cli.commands._inference import load_for_inference
     from loraswitch.core.config import resolve
     from loraswitch.core.data.jsonl import read_jsonl
+    from loraswitch.core.files.atomic import atomic_write_json
+    from loraswitch.core.plugins import check_trackers
+    from loraswitch.core.report import write_report
+    from loraswitch.core.rundir import names
     from loraswitch.core.training.engine import train
     from loraswitch.core.training.stopping import StopReason
 
     config = resolve(args.config, args.overrides)
+    check_trackers(config.report_to)  # before minutes of measuring, not after
     heldout = read_jsonl(args.heldout)
     t0 = time.perf_counter()
     backend, tokenizer, _ = load_for_inference(
@@ -77,12 +82,28 @@ def run(args) -> int:
         "final_eval_loss": summary.get("final_eval_loss"),
         "total_s": round(time.perf_counter() - t0, 1),
     }
-    (Path(config.output_dir) / "quickstart.json").write_text(json.dumps(result, indent=2) + "\n")
+    run_dir = Path(config.output_dir)
+    atomic_write_json(run_dir / names.QUICKSTART, result)
+    atomic_write_json(run_dir / names.SAMPLES, _samples(args, before, after))
+    report = write_report([run_dir])
     print(
         f"\nexact match on {args.heldout}: {before['exact_match']:.1%} before -> {after['exact_match']:.1%} after "
         f"({config.backend} backend, {result['total_s']:.0f} s in all); run directory: {config.output_dir}"
     )
+    print(f"report: {report}")
     return 0
+
+
+def _samples(args, before: dict, after: dict) -> dict:
+    """samples.json: the same prompts answered by the base model and with the adapter (the report shows them)."""
+    return {
+        "heldout": args.heldout,
+        "max_new_tokens": args.max_new_tokens,
+        "exact_match_before": before["exact_match"],
+        "exact_match_after": after["exact_match"],
+        "before": before["samples"],
+        "after": after["samples"],
+    }
 
 
 def _lora_keys(config) -> dict:
