@@ -7,6 +7,7 @@ uses these constants, never the literals::
     loss.png           the loss curve (loss_plot plugin)
     adapter/           the final adapter, PEFT format
     checkpoints/step-NNNNNN/{adapter/, backend_state/, trainer_state.json}
+    checkpoints/set-aside-step-NNNNNN/   newer checkpoints that --resume_from passed over
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ TRAINER_STATE = "trainer_state.json"
 KEEP_CHECKPOINTS = 2
 MIN_FREE_BYTES = 64 * 1024 * 1024
 CHECKPOINT_PREFIX, CHECKPOINT_TMP_PREFIX = "step-", ".tmp-step-"
+SET_ASIDE_PREFIX = "set-aside-"  # checkpoints that --resume_from passed over: kept, never read again
 
 
 def checkpoint_name(step: int) -> str:

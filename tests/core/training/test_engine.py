@@ -253,24 +253,14 @@ def test_interrupt_during_eval_is_evaluated_again_on_resume(tmp_path, data):
     assert adapter_bytes(run) == adapter_bytes(tmp_path / "full")
 
 
-def test_crash_then_resume_ignores_partial_checkpoints(tmp_path, data):
-    """A crash (here: a plugin raising after step 9) leaves checkpoint 8, a half-written tmp dir,
-    a step dir without trainer_state.json and a torn metrics line; resume uses step 8."""
+def test_crash_then_resume_ignores_a_killed_writers_leftovers(tmp_path, data):
+    """A crash (here: a plugin raising after step 9) leaves checkpoint 8, a half-written tmp dir
+    (all a killed checkpoint writer can leave) and a torn metrics line; resume uses step 8."""
     kw = dict(n_steps=13, lora_dropout=0.1)
     train(make_config(tmp_path, data, "full", **kw), quiet=True)
-
-    def crash(step):
-        if step == 9:
-            raise RuntimeError("simulated crash")
-
-    get_plugin_manager().register(Hook(crash), name="crasher")
-    with pytest.raises(UserError, match='plugin "crasher"'):
-        train(make_config(tmp_path, data, "part", **kw), quiet=True)
-    get_plugin_manager().unregister(name="crasher")
+    crash_at_step_9(tmp_path, data, kw)
     run = tmp_path / "part"
     (run / "checkpoints" / ".tmp-step-000012").mkdir()
-    shutil.copytree(run / "checkpoints" / "step-000008", run / "checkpoints" / "step-000011")
-    (run / "checkpoints" / "step-000011" / "trainer_state.json").unlink()
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"event": "step", "st')
     assert checkpoints.latest_complete_checkpoint(run).name == "step-000008"
@@ -280,6 +270,71 @@ def test_crash_then_resume_ignores_partial_checkpoints(tmp_path, data):
     assert adapter_bytes(run) == adapter_bytes(tmp_path / "full")
     assert metrics_lines(run) == metrics_lines(tmp_path / "full")
     assert not (run / "checkpoints" / ".tmp-step-000012").exists()
+
+
+def crash_at_step_9(tmp_path, data, kw):
+    def crash(step):
+        if step == 9:
+            raise RuntimeError("simulated crash")
+
+    get_plugin_manager().register(Hook(crash), name="crasher")
+    with pytest.raises(UserError, match='plugin "crasher"'):
+        train(make_config(tmp_path, data, "part", **kw), quiet=True)
+    get_plugin_manager().unregister(name="crasher")
+
+
+def test_a_checkpoint_without_its_manifest_is_damaged_never_skipped(tmp_path, data, capsys):
+    """A step directory without trainer_state.json was damaged after it was written (a killed
+    writer leaves only .tmp-step-*): --resume names it and changes nothing; --resume_from the
+    older checkpoint continues deliberately, setting the damaged one aside, and ends equal to
+    a run that never stopped."""
+    kw = dict(n_steps=13, lora_dropout=0.1)
+    train(make_config(tmp_path, data, "full", **kw), quiet=True)
+    crash_at_step_9(tmp_path, data, kw)
+    run = tmp_path / "part"
+    damaged = run / "checkpoints" / "step-000011"
+    shutil.copytree(run / "checkpoints" / "step-000008", damaged)
+    (damaged / "trainer_state.json").unlink()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(UserError) as e:
+        train(resume_config(run), resume=True, quiet=True)
+    assert str(e.value) == (
+        f"{damaged}/trainer_state.json: missing; checkpoint {damaged} is damaged; "
+        "to resume from the newest complete one instead, add --resume_from step-000008"
+    )
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+    resumed = train(resume_config(run), resume=True, resume_from="step-000008", quiet=False)
+    assert f"set step-000011 aside as {run / 'checkpoints' / 'set-aside-step-000011'}" in capsys.readouterr().err
+    assert resumed["steps"] == 13
+    assert adapter_bytes(run) == adapter_bytes(tmp_path / "full")
+    assert metrics_lines(run) == metrics_lines(tmp_path / "full")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "set-aside-step-000011",
+        "step-000012",
+        "step-000013",
+    ]
+
+
+@pytest.mark.parametrize(
+    "resume_from,message",
+    [
+        (
+            "step-000003",
+            r"--resume_from step-000003: no such checkpoint in .* \(complete ones: step-000002, step-000004\)",
+        ),
+        ("banana", "--resume_from banana: no such checkpoint"),
+    ],
+)
+def test_resume_from_names_an_existing_checkpoint(tmp_path, data, resume_from, message):
+    train(make_config(tmp_path, data, n_steps=4, save_every=2), quiet=True)
+    with pytest.raises(UserError, match=message):
+        train(resume_config(tmp_path / "run"), resume=True, resume_from=resume_from, quiet=True)
+
+
+def test_resume_from_needs_resume(tmp_path, data):
+    with pytest.raises(UserError, match="--resume_from needs --resume RUN_DIR"):
+        train(make_config(tmp_path, data), resume_from="step-000002", quiet=True)
 
 
 def test_resume_can_extend_n_steps_and_says_what_else_is_ignored(tmp_path, data, capsys):
