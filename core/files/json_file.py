@@ -48,7 +48,7 @@ def parse_json(text: str | bytes, where: str, *, invalid: str = "not valid JSON"
         at = f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno} column {e.colno}"
         raise UserError(f"{where}: {invalid}: {e.msg} ({at})") from e
     except ValueError as e:  # NaN/Infinity (below), an integer of more than 4300 digits
-        raise UserError(f"{where}: {invalid}: {e}") from e
+        raise UserError(f"{where}: {invalid}: {str(e).split(';')[0]}") from e
     if _SURROGATE_ESCAPE.search(raw):  # only a \\uD800-\\uDFFF escape can make a lone surrogate
         check_unicode(value, where)
     return value

@@ -37,7 +37,7 @@ def _stat(path: Path, missing: str) -> os.stat_result:
         raise UserError(f"{path}: {missing}") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise UserError(f"{path}: symlink loop (the link points back to itself)") from None
+            raise UserError(f"{path}: symlink loop") from None
         raise UserError(f"{path}: cannot be read ({e.strerror})") from None
 
 
