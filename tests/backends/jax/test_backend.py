@@ -486,8 +486,10 @@ def test_engine_stop_reasons_and_resume(tmp_path, monkeypatch):
             assert (tmp_path / "part" / "adapter" / name).read_bytes() == (
                 tmp_path / "full" / "adapter" / name
             ).read_bytes()
-        assert train(config("eval", stop_eval_loss=100.0), quiet=True)["stop_reason"] == "stop_eval_loss"
+        by_eval = train(config("eval", stop_eval_loss=100.0), quiet=True)
+        assert (by_eval["stop_reason"], by_eval["steps"]) == ("stop_eval_loss", 3)  # the first eval (eval_every 3)
         epochs = train(config("epochs", n_epochs=1, n_steps=100), quiet=True)
-        assert epochs["stop_reason"] == "n_epochs" and 1 <= epochs["steps"] < 100
+        # 24 records -> 19 train -> 10 micro-batches of 2 -> 5 windows of 2
+        assert (epochs["stop_reason"], epochs["n_train"], epochs["steps"]) == ("n_epochs", 19, 5)
     finally:
         reset_plugin_manager()

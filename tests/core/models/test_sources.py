@@ -583,7 +583,7 @@ def test_quickstart_data_is_what_the_script_generates():
     assert (train, heldout) == make_data.make()  # deterministic
     files = [REPO / "examples/quickstart/train.jsonl", REPO / "examples/quickstart/heldout.jsonl"]
     assert [[json.loads(line) for line in f.read_text().splitlines()] for f in files] == [train, heldout]
-    assert 300 <= len(train) <= 600 and len(heldout) == 40
+    assert len(train) == 480 and len(heldout) == 40
     train_users = {r["messages"][0]["content"] for r in train}
     assert not any(r["messages"][0]["content"] in train_users for r in heldout)
     for row in train + heldout:

@@ -390,8 +390,62 @@ def test_damaged_checkpoint_is_named(tmp_path, data):
 
 
 def test_packing_trains_on_packed_rows(tmp_path, data):
-    summary = train(make_config(tmp_path, data, packing=True, max_seq_len=64, n_steps=3), quiet=True)
-    assert summary["stop_reason"] == "n_steps" and summary["steps"] == 3
+    """packing: the engine trains on pack(train examples): fewer, fuller rows, every target
+    token still trained once per epoch."""
+    from loraswitch.core.data.batching import pack
+    from loraswitch.core.data.chat_tokenizer import ChatTokenizer
+    from loraswitch.core.data.dataset import load_datasets
+    from loraswitch.core.models.sources import resolve_model
+
+    rec = Recorder()
+    get_plugin_manager().register(rec, name="recorder")
+    config = make_config(tmp_path, data, backend="recording", packing=True, max_seq_len=64, n_epochs=1, n_steps=100)
+    summary = train(config, quiet=True)
+    examples = load_datasets(config, ChatTokenizer.from_dir(resolve_model("random:tiny").path)).train
+    rows = pack(examples, 64)
+    assert len(rows) < len(examples) == summary["n_train"] == 24
+    assert summary["steps"] == len(plan_epoch(len(rows), 2, 3))
+    trained_rows = [row for m in rec.micro for row in m.batch.attention_mask if row.sum() > 1]
+    assert len(trained_rows) == len(rows)
+    assert sum(m.batch.n_targets for m in rec.micro) == sum(e.n_targets for e in examples)
+
+
+def test_eval_batches_caps_each_eval(tmp_path, data):
+    """6 validation examples in batches of 2: 3 eval batches, or eval_batches of them; evals at
+    steps 3, 6, 9 and 10."""
+    for cap, per_eval in ((None, 3), (1, 1), (2, 2)):
+        rec = Recorder()
+        get_plugin_manager().register(rec, name="recorder")
+        train(make_config(tmp_path, data, f"run-{cap}", backend="recording", eval_batches=cap), quiet=True)
+        get_plugin_manager().unregister(name="recorder")
+        assert rec.eval_batches == 4 * per_eval, cap
+
+
+class ConstantEval:
+    """Backend "constant-eval": the numpy backend whose eval loss is exactly 0.5 per token."""
+
+    @hookimpl
+    def register_backends(self, register):
+        from loraswitch_numpy.backend import NumpyBackend
+
+        class ConstantEvalBackend(NumpyBackend):
+            name = "constant-eval"
+
+            def eval_loss(self, batch):
+                _, n = super().eval_loss(batch)
+                return 0.5 * n, n
+
+        register("constant-eval", ConstantEvalBackend)
+
+
+@pytest.mark.parametrize("threshold,stops", [(0.5, False), (0.5000001, True)])
+def test_stop_eval_loss_means_strictly_below(tmp_path, data, threshold, stops):
+    get_plugin_manager().register(ConstantEval(), name="constant-eval")
+    summary = train(
+        make_config(tmp_path, data, backend="constant-eval", stop_eval_loss=threshold, n_steps=7), quiet=True
+    )
+    assert summary["final_eval_loss"] == 0.5
+    assert (summary["stop_reason"], summary["steps"]) == (("stop_eval_loss", 3) if stops else ("n_steps", 7))
 
 
 def test_unwritable_output_dir(tmp_path, data):
