@@ -69,3 +69,42 @@ def test_no_target_token_gives_nan():
 def test_answers_match_forgives_only_surrounding_whitespace():
     assert answers_match(" 42\n", "42")
     assert not answers_match("42.", "42") and not answers_match("4 2", "42")
+
+
+class Answers:
+    """A backend whose greedy generation is the byte tokens of the next canned answer."""
+
+    def __init__(self, answers: list[str]):
+        self.answers = list(answers)
+        self.prompts = []
+
+    def generate(self, prompt_ids, max_new_tokens, temperature, stop_ids):
+        self.prompts.append(list(prompt_ids))
+        return list(self.answers.pop(0).encode())
+
+
+def test_exact_match_scores_prompt_answer_records_only(tmp_path):
+    from loraswitch.core.data.chat_tokenizer import ChatTokenizer
+    from loraswitch.core.data.jsonl import parse_record
+    from loraswitch.core.models.random_model import write_random_model
+    from loraswitch.core.training.evaluation import exact_match, reference_pair
+
+    tokenizer = ChatTokenizer.from_dir(write_random_model(tmp_path / "tiny", "tiny", with_weights=False))
+    chat = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    records = [
+        parse_record({"prompt": "1+1=", "completion": "2"}),
+        parse_record({"text": "no reference"}),
+        parse_record(chat),
+        parse_record({"messages": [{"role": "assistant", "content": "only"}]}),
+        parse_record({"prompt": "2+2=", "completion": "4"}),
+    ]
+    assert [reference_pair(r) is None for r in records] == [False, True, False, True, False]
+    assert reference_pair(records[2])[1] == "b" and [m.content for m in reference_pair(records[2])[0]] == ["a"]
+    backend, samples = Answers([" 2\n", "c", "5"]), []
+    assert exact_match(backend, tokenizer, records, samples=samples) == (1 / 3, 3)
+    assert backend.prompts[0] == tokenizer.encode_prompt("1+1=")
+    assert samples == [
+        {"prompt": "1+1=", "answer": "2", "reference": "2"},
+        {"prompt": "a", "answer": "c", "reference": "b"},
+    ]
+    assert exact_match(Answers([]), tokenizer, [records[1], records[3]]) is None
