@@ -15,7 +15,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loraswitch.core.errors import UserError
+from loraswitch.core.files.config_text import load_toml, load_yaml
+from loraswitch.core.files.paths import read_bounded
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config file is a few hundred bytes; refuse reading a disk image
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 Tracker = Literal["tensorboard", "mlflow", "wandb", "none"]
 _NO_TRACKER: list[Tracker] = ["none"]
@@ -24,7 +27,11 @@ _NO_TRACKER: list[Tracker] = ["none"]
 class Config(BaseModel):
     """Every key a run accepts. Descriptions feed the README table and ``loraswitch config``."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True, protected_namespaces=())
+    # allow_inf_nan=False: every float is finite, from a file (.inf), LORASWITCH_* ("inf") or a
+    # flag (1e999); an infinite learning rate or alpha would only surface as a NaN loss at step 2.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, validate_default=True, protected_namespaces=(), allow_inf_nan=False
+    )
 
     # --- seed hyperparameters: names and defaults of the original hyperparameter document (public schema)
     lora_alpha: float = Field(
@@ -163,28 +170,12 @@ def _nearest(key: str) -> str:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml) or TOML (.toml) config file into a dict; errors name the file."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: config file not found")
+    raw = read_bounded(p, MAX_CONFIG_BYTES, missing="config file not found", what="config file")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{p}: config file is not UTF-8 text (byte {e.start})") from e
-    if p.suffix == ".toml":
-        import tomllib
-
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"{p}: invalid TOML: {e}") from e
-    else:
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise UserError(f"{p}{where}: invalid YAML: {getattr(e, 'problem', None) or e}") from e
+    data = load_toml(text, str(p)) if p.suffix == ".toml" else load_yaml(text, str(p))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -192,7 +183,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _parse_scalar(text: str) -> Any:
+def _parse_scalar(text: str, where: str) -> Any:
     """A value from the environment or the command line: JSON/YAML scalars, lists or plain strings."""
     import yaml
 
@@ -200,6 +191,8 @@ def _parse_scalar(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    except RecursionError:
+        raise UserError(f"{where}: value nested too deeply") from None
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -208,7 +201,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     for key in KEYS:
         name = f"LORASWITCH_{key.upper()}"
         if name in source:
-            out[key] = _parse_scalar(source[name])
+            out[key] = _parse_scalar(source[name], f"environment {name}")
     return out
 
 
@@ -228,7 +221,7 @@ def parse_cli_overrides(args: list[str]) -> dict[str, Any]:
                 raise UserError(f"--{key} needs a value")
             value = args[i + 1]
             i += 1
-        out[key] = _parse_scalar(value)
+        out[key] = _parse_scalar(value, f"--{key}")
         i += 1
     return out
 

@@ -5,7 +5,6 @@ one forward/backward the engine asks for, ``ModelSource`` says what model to loa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,7 +89,9 @@ class ModelSource:
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads((self.path / "config.json").read_text())
+        from loraswitch.core.files.json_file import read_json_object
+
+        return read_json_object(self.path / "config.json")
 
 
 @dataclass

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from loraswitch.core import hookimpl
+from loraswitch.core.errors import UserError
+from loraswitch.core.files.json_file import parse_json
 
 FILENAME = "metrics.jsonl"
 
@@ -34,8 +36,8 @@ def read(run_dir: Path) -> list[dict[str, Any]]:
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            obj = json.loads(line)
-        except ValueError:
+            obj = parse_json(line, str(path))
+        except UserError:  # torn by a kill
             continue
         if isinstance(obj, dict):
             out.append(obj)

@@ -49,6 +49,7 @@ from loraswitch.backends.jax_flax.steps import Statics, compiled_functions
 from loraswitch.backends.jax_flax.trees import named_leaves, replace_leaves
 from loraswitch.backends.jax_flax.weights import load_weights, random_weights
 from loraswitch.core.errors import UserError
+from loraswitch.core.models.model_dir import validate_model_dir
 from loraswitch.core.training.parallel import check_divisible
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class JaxBackend:
 
     def load(self, model: ModelSource, config: Config, *, train: bool = True) -> None:
         self.source, self.config = model, config
+        validate_model_dir(model.path, weights=not model.random_init)  # the check every backend shares
         self.spec = spec_from_config(model.config, model.path / "config.json")
         self.targets = resolve_targets(list(config.lora_target_modules))
         processes.initialize()  # before anything touches a device

@@ -23,18 +23,8 @@ from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, LlamaSpec
 from loraswitch.core.errors import UserError
 from loraswitch.core.models.model_dir import read_safetensors_header, weight_files
 
-_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
+# The float dtypes core/models/model_dir.py accepts for base weights (it refuses the others).
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
 INIT_STD = 0.02  # as core.random_model and HF's initializer_range
 
 

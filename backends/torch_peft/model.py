@@ -1,24 +1,20 @@
 """Turn a ModelSource into a frozen transformers model on the right device and dtype.
 
-Checks happen before transformers sees the directory, because from_pretrained only warns about
-missing tensors (and initialises them randomly) and its shape errors name no file; a user who
-points at the wrong directory gets one line naming the file and the tensor.
+The directory is checked before transformers sees it (core/models/model_dir.py, the check every
+backend shares), because from_pretrained only warns about missing tensors (and initialises them
+randomly) and its shape errors name no file; a user who points at the wrong directory gets one
+line naming the file and the tensor.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from loraswitch.core.errors import UserError
-from loraswitch.core.models import model_dir
-from loraswitch.core.models.model_dir import SUPPORTED_ARCHITECTURES
+from loraswitch.core.models import architectures, model_dir
 from loraswitch.core.types import ModelSource
-
-# Tensors a checkpoint may carry that the model rebuilds itself.
-_IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 
 
 @dataclass(frozen=True)
@@ -74,9 +70,8 @@ def choose_placement(precision: str, compile_option: str, requested_device: str 
 
 
 def architecture_of(model: ModelSource) -> str:
-    """The transformers class to build; validate_model_dir has already refused other architectures."""
-    config = model_dir.read_config(model.path)
-    return next(a for a in config.get("architectures", []) if a in SUPPORTED_ARCHITECTURES)
+    """The transformers class to build; validate_model_dir has already checked config.json."""
+    return architectures.architecture_of(model_dir.read_config(model.path), model.path / "config.json")
 
 
 def _model_class(architecture: str):
@@ -93,46 +88,6 @@ def _hf_config(model: ModelSource, architecture: str):
         raise UserError(f"{model.path / 'config.json'}: cannot be read as a {architecture} config: {e}") from None
 
 
-def check_weight_files(model: ModelSource, architecture: str, expected: dict[str, tuple[int, ...]], tied: bool) -> None:
-    """Every tensor the model needs is present, with the shape config.json implies, and nothing
-    else: validate_model_dir samples a few tensors, this checks all of them against the
-    transformers class itself (from_pretrained would only warn and initialise a missing one)."""
-    seen: dict[str, Path] = {}
-    for file in model_dir.weight_files(model.path):
-        for name, info in model_dir.read_safetensors_header(file).items():
-            if name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight"):
-                continue
-            if name not in expected:
-                raise UserError(
-                    f"{file}: unexpected tensor {name!r}; the weights do not belong to "
-                    f"the {architecture} that config.json describes"
-                )
-            shape = tuple(info.get("shape", ()))
-            if shape != expected[name]:
-                raise UserError(
-                    f"{file}: tensor {name!r} has shape {list(shape)} but config.json implies {list(expected[name])}"
-                )
-            seen[name] = file
-    missing = [n for n in expected if n not in seen]
-    if missing:
-        raise UserError(
-            f"{model.path}: tensor {missing[0]!r} is missing from the *.safetensors files"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
-
-
-def expected_shapes(hf_config, architecture: str) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes, from a model built on the meta device (no memory, no init)."""
-    with torch.device("meta"):
-        skeleton = _model_class(architecture)(hf_config)
-    tied = bool(getattr(hf_config, "tie_word_embeddings", False))
-    return {
-        name: tuple(t.shape)
-        for name, t in skeleton.state_dict().items()
-        if not (tied and name == "lm_head.weight") and not name.endswith(_IGNORED_SUFFIXES)
-    }
-
-
 def load_base_model(model: ModelSource, placement: Placement) -> torch.nn.Module:
     """The frozen base model, on ``placement.device`` in ``placement.dtype``, SDPA attention."""
     model_dir.validate_model_dir(model.path, weights=not model.random_init)
@@ -146,8 +101,6 @@ def load_base_model(model: ModelSource, placement: Placement) -> torch.nn.Module
             with torch.device(placement.device):
                 base = cls._from_config(hf_config, dtype=placement.dtype, attn_implementation="sdpa")
         else:
-            tied = bool(getattr(hf_config, "tie_word_embeddings", False))
-            check_weight_files(model, architecture, expected_shapes(hf_config, architecture), tied)
             base = cls.from_pretrained(
                 str(model.path),
                 config=hf_config,

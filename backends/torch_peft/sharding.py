@@ -26,8 +26,6 @@ from loraswitch.backends.torch_peft.model import (
     _model_class,
     _quiet_transformers,
     architecture_of,
-    check_weight_files,
-    expected_shapes,
 )
 from loraswitch.backends.torch_peft.processes import ProcessGroup
 from loraswitch.core.models import model_dir
@@ -45,8 +43,6 @@ def load_sharded_peft_model(
     architecture = architecture_of(model)
     hf_config = _hf_config(model, architecture)
     tied = bool(getattr(hf_config, "tie_word_embeddings", False))
-    if not model.random_init:
-        check_weight_files(model, architecture, expected_shapes(hf_config, architecture), tied)
     with _quiet_transformers(), torch.device("meta"):
         base = _model_class(architecture)._from_config(hf_config, dtype=placement.dtype, attn_implementation="sdpa")
     base.requires_grad_(False)

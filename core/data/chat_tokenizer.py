@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
-from loraswitch.core.data.jsonl import Message, Record, parse_record
+from loraswitch.core.data.jsonl import Message, Record, encodable, parse_record
 from loraswitch.core.errors import UserError
-from loraswitch.core.files.json_file import read_json_object
+from loraswitch.core.files.json_file import MAX_JSON_FILE_BYTES, read_json_object
+from loraswitch.core.files.paths import read_bounded, regular_file
 from loraswitch.core.types import TokenizedExample
 
 # Strings that end a turn in the templates of common model families; those present in both the
@@ -90,25 +91,29 @@ class ChatTokenizer:
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> ChatTokenizer:
         """Load tokenizer.json, tokenizer_config.json (special tokens, chat_template) and, when
-        present, chat_template.jinja and generation_config.json's eos ids, as HF writes them."""
+        present, chat_template.jinja and generation_config.json's eos ids, as HF writes them.
+        In a model directory (config.json beside it) every id the tokenizer can produce must be
+        below the model's vocab_size (model_dir.check_tokenizer_fits)."""
         from tokenizers import Tokenizer
 
+        from loraswitch.core.models.model_dir import check_tokenizer_fits
+
         d = Path(model_dir)
-        tok_file = d / "tokenizer.json"
-        if not tok_file.is_file():
-            raise UserError(f"{tok_file}: tokenizer.json not found in the model directory")
+        tok_file = regular_file(d / "tokenizer.json", missing="tokenizer.json not found in the model directory")
         try:
             tok = Tokenizer.from_file(str(tok_file))
         except Exception as e:  # the Rust error text is one line and says what is wrong
             raise UserError(f"{tok_file}: cannot load tokenizer: {str(e).splitlines()[0] if str(e) else e!r}") from e
+        if (d / "config.json").exists():
+            check_tokenizer_fits(tok, d)
         cfg = _read_optional_json(d / "tokenizer_config.json")
         template = cfg.get("chat_template")
         if isinstance(template, list):  # several named templates: HF uses the one named "default"
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
             template = named.get("default")
         jinja_file = d / "chat_template.jinja"  # transformers >= 4.47 writes the template here
-        if template is None and jinja_file.is_file():
-            template = jinja_file.read_text(encoding="utf-8")
+        if template is None and (jinja_file.exists() or jinja_file.is_symlink()):
+            template = _read_template(jinja_file)
             source = str(jinja_file)
         else:
             source = str(d / "tokenizer_config.json")
@@ -116,7 +121,7 @@ class ChatTokenizer:
             raise UserError(f"{source}: chat_template must be a string, got {type(template).__name__}")
         gen = _read_optional_json(d / "generation_config.json")
         gen_eos = gen.get("eos_token_id")
-        extra = [gen_eos] if isinstance(gen_eos, int) else [i for i in (gen_eos or []) if isinstance(i, int)]
+        extra = [i for i in (gen_eos if isinstance(gen_eos, list) else [gen_eos]) if _is_id(i)]
         eos = _token_str(cfg.get("eos_token"))
         if eos is not None and tok.token_to_id(eos) is None:
             raise UserError(
@@ -183,11 +188,14 @@ class ChatTokenizer:
         """Ids to generate from: a string becomes one user turn; the template's generation
         prompt is appended. Without a chat template the string is encoded as is."""
         if isinstance(prompt, str):
+            encodable(prompt, "prompt")  # undecodable bytes on the command line arrive as lone surrogates
             if self._template is None:
                 return self._tok.encode(prompt, add_special_tokens=True).ids
             messages = [Message("user", prompt)]
         else:
             messages = [_as_message(m) for m in prompt]
+            for i, m in enumerate(messages):
+                encodable(m.content, f"prompt: messages[{i}]: 'content'")
         text = self.render(messages, add_generation_prompt=True, where="prompt")
         return self._tok.encode(text, add_special_tokens=False).ids
 
@@ -365,9 +373,20 @@ def _compile_template(source_text: str, source: str):
         raise UserError(f"{source}: chat_template is not valid jinja (template line {e.lineno}): {e.message}") from e
 
 
+def _read_template(path: Path) -> str:
+    try:
+        return read_bounded(path, MAX_JSON_FILE_BYTES, what="chat template").decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start + 1})") from e
+
+
 def _read_optional_json(path: Path) -> dict[str, Any]:
     """tokenizer_config.json and generation_config.json are optional: absent reads as {}."""
-    return read_json_object(path) if path.is_file() else {}
+    return read_json_object(path) if path.exists() or path.is_symlink() else {}
+
+
+def _is_id(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _token_str(value: Any) -> str | None:

@@ -13,12 +13,13 @@ Other keys (ids, metadata) are ignored, so exported datasets load unchanged.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from loraswitch.core.errors import UserError
+from loraswitch.core.files.json_file import parse_json
+from loraswitch.core.files.paths import regular_file
 
 MAX_LINE_BYTES = 10 * 1024 * 1024  # a longer line is almost surely not one example; refuse before parsing it
 ROLES = ("system", "user", "assistant")
@@ -80,11 +81,7 @@ def parse_record(obj: Any, where: str = "record") -> Record:
 def read_jsonl(path: str | Path) -> list[Record]:
     """All records of a JSONL file, in file order. Blank lines are skipped; a file with no
     records, a line that is not UTF-8, not JSON, too long or of an unknown shape is an error."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{p}: data file not found")
-    if not p.is_file():
-        raise UserError(f"{p}: data path is not a file")
+    p = regular_file(path, what="data file")  # a FIFO or device would block or never end
     records = []
     try:
         f = p.open("rb")
@@ -112,11 +109,7 @@ def read_jsonl(path: str | Path) -> list[Record]:
                 line = line.removeprefix("\ufeff")  # editors on Windows write a BOM
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from e
-            records.append(parse_record(obj, where))
+            records.append(parse_record(parse_json(line, where, invalid="malformed JSON"), where))
     if not records:
         raise UserError(f"{p}: data file has no records (it is empty or only blank lines)")
     return records
@@ -142,7 +135,7 @@ def _parse_messages(value: Any, where: str) -> tuple[Message, ...]:
             raise UserError(f"{at}: 'weight' must be 0 or 1, got {weight!r}")
         if weight == 0 and role != "assistant":
             raise UserError(f"{at}: 'weight' applies to assistant messages only")
-        messages.append(Message(role, m["content"], train=weight == 1))
+        messages.append(Message(role, encodable(m["content"], f"{at}: 'content'"), train=weight == 1))
     if not any(m.role == "assistant" and m.train for m in messages):
         raise UserError(f"{where}: a chat record needs at least one assistant message to train on")
     return tuple(messages)
@@ -152,7 +145,22 @@ def _string(obj: dict, key: str, where: str) -> str:
     value = obj[key]
     if not isinstance(value, str):
         raise UserError(f"{where}: {key!r} must be a string, got {_json_type(value)}")
-    return value
+    return encodable(value, f"{where}: {key!r}")
+
+
+def encodable(text: str, where: str) -> str:
+    """``text`` if the tokenizer can take it: a lone surrogate (from a ``\\ud800`` escape, or
+    from undecodable bytes in a command-line argument) cannot be encoded and would surface as a
+    TypeError deep inside the tokenizer."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            bad = text[e.start : e.end].encode("unicode_escape").decode()
+            raise UserError(
+                f"{where}: holds the lone UTF-16 surrogate {bad} at character {e.start}; it is not valid Unicode"
+            ) from None
+    return text
 
 
 def _json_type(value: Any) -> str:

@@ -1,77 +1,47 @@
-"""Check a Hugging Face model directory before a backend spends time loading it.
+"""The one check of a Hugging Face model directory, run before any backend spends time loading it.
 
-Every problem becomes one line naming the file, so a user sees "config.json: unsupported
-architecture" rather than a framework traceback. Safetensors headers are parsed here with json
-and struct (no tensor is read), which makes the check cheap even for large models.
+Every backend relies on it (the model source calls it for a local directory, and the torch and
+jax backends call it again on whatever ModelSource they are given), so a directory is accepted or
+refused identically everywhere, with one line naming the file:
+
+- config.json: one supported architecture whose ``model_type`` agrees, then that family's rules
+  (architectures.py: which family; llama_family.py: its keys, types, finite values);
+- tokenizer.json present, and every id the tokenizer can produce inside the model's
+  ``vocab_size`` (``check_tokenizer_fits``, run where the tokenizer is loaded);
+- weights: the safetensors headers only (safetensors_header.py: format rules), streamed file
+  by file; every tensor the family expects present with its shape, none unexpected, each a
+  floating-point dtype (int or bool base weights would train a model of zeros).
+
+Framework-free and header-only: nothing here imports torch or jax or reads a tensor.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 from typing import Any
 
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.json_file import read_json_object
-from loraswitch.core.models.shapes import tensor_shapes
+from loraswitch.core.files.paths import directory, regular_file
+from loraswitch.core.models.architectures import SUPPORTED_ARCHITECTURES, Family, architecture_of, check_config
+from loraswitch.core.models.config_fields import positive_int
+from loraswitch.core.models.safetensors_header import read_safetensors_header
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+__all__ = ["SUPPORTED_ARCHITECTURES", "read_safetensors_header", "validate_model_dir", "weight_files"]
+
 INDEX_FILE = "model.safetensors.index.json"
-_REQUIRED_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The header of a .safetensors file ({name: {dtype, shape, data_offsets}}), checked
-    against the file size so a truncated download is caught."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise UserError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100_000_000:
-                raise UserError(
-                    f"{path}: safetensors header length {n} exceeds the file size {size}; the file is truncated or not safetensors"
-                )
-            header = json.loads(f.read(n))
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from e
-    except (UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path}: safetensors header is not valid JSON; the file is damaged or not safetensors") from e
-    if not isinstance(header, dict):
-        raise UserError(f"{path}: safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
-    data_size = size - 8 - n
-    for name, info in header.items():
-        try:
-            start, end = info["data_offsets"]
-            shape = [int(d) for d in info["shape"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{path}: safetensors entry {name!r} has no valid shape/data_offsets") from e
-        if not 0 <= start <= end or end > data_size:
-            raise UserError(
-                f"{path}: tensor {name!r} ends at byte {end} but the file holds {data_size} data bytes; the file is truncated"
-            )
-        info["shape"] = shape
-    return header
-
-
-def weight_files(path: Path) -> list[Path]:
-    """The safetensors files of a model directory: those the sharded index lists, else *.safetensors."""
-    index = path / INDEX_FILE
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(f"{index}: not a valid safetensors index (needs a JSON object with 'weight_map')") from e
-        for name in names:
-            if not (path / name).is_file():
-                raise UserError(f"{path / name}: missing; {INDEX_FILE} lists it as a weight shard")
-        return [path / n for n in names]
-    return sorted(path.glob("*.safetensors"))
+def validate_model_dir(path: str | Path, *, weights: bool = True) -> None:
+    """Raise UserError if ``path`` is not a loadable model directory of a supported family.
+    With ``weights=False`` (random-init sources) the weight files are not required."""
+    root = directory(path, what="model directory")
+    config = read_config(root)
+    family = check_config(config, root / "config.json")
+    regular_file(root / "tokenizer.json", missing="missing; loraswitch tokenizes with the model's own tokenizer.json")
+    if weights:
+        check_weights(root, config, family)
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -80,65 +50,83 @@ def read_config(path: Path) -> dict[str, Any]:
     )
 
 
-def check_config(config: dict[str, Any], file: Path) -> None:
-    archs = config.get("architectures") or []
-    if not isinstance(archs, list) or not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise UserError(
-            f"{file}: unsupported architecture {archs!r}; supported (Llama family): {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
-    for key in _REQUIRED_KEYS:
-        if not isinstance(config.get(key), int) or config[key] <= 0:
-            raise UserError(f"{file}: key {key!r} must be a positive integer, got {config.get(key)!r}")
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a model directory: those the sharded index lists, else *.safetensors."""
+    index = path / INDEX_FILE
+    if not (index.exists() or index.is_symlink()):
+        return sorted(path.glob("*.safetensors"))
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise UserError(f"{index}: not a valid safetensors index (needs a JSON object with 'weight_map')")
+    names = sorted(set(weight_map.values()))
+    for name in names:
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise UserError(f"{index}: weight_map names {name!r}, which is not a file in the model directory")
+        regular_file(path / name, missing=f"missing; {INDEX_FILE} lists it as a weight shard")
+    return [path / n for n in names]
 
 
-def validate_model_dir(path: str | Path, *, weights: bool = True) -> None:
-    """Raise UserError if ``path`` is not a loadable Llama-family HF directory. With
-    ``weights=False`` (random-init sources) the weight files are not required."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"model: {path} is not a directory")
-    config = read_config(path)
-    check_config(config, path / "config.json")
-    if not (path / "tokenizer.json").is_file():
-        raise UserError(f"{path / 'tokenizer.json'}: missing; loraswitch tokenizes with the model's own tokenizer.json")
-    if not weights:
-        return
+def check_weights(path: Path, config: dict[str, Any], family: Family) -> None:
+    """Every tensor ``family`` expects, with its shape and a float dtype, and nothing else.
+    Headers are read one file at a time and only their entries are kept; the checks then run
+    in the model's own order (embedding, layer 0, ...), so the first problem is reported."""
     files = weight_files(path)
     if not files:
         hint = (
             " (pickled .bin/.pt weights are not loaded: convert them to safetensors)" if any(path.glob("*.bin")) else ""
         )
         raise UserError(f"{path}: no *.safetensors weights{hint}")
-    found: dict[str, tuple[Path, list[int]]] = {}
-    for f in files:
-        for name, info in read_safetensors_header(f).items():
-            found[name] = (f, info["shape"])
-    _check_shapes(config, found, path)
+    found: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for file in files:
+        for name, info in read_safetensors_header(file).items():
+            if name in found:
+                raise UserError(
+                    f"{file}: tensor {name!r} is also in {found[name][0].name}; which one counts is unclear"
+                )
+            found[name] = (file, info)
+    expected = family.expected_tensors(config)
+    missing = [n for n in expected if n not in found]
+    for name, shape in expected.items():
+        if name in found:
+            _check_tensor(*found[name], name, shape)
+        elif name == missing[0]:
+            raise UserError(
+                f"{path}: tensor {name!r} is missing from the safetensors weights (config.json says "
+                f"{config['num_hidden_layers']} layers)"
+                + (f"; {len(missing) - 1} more are missing" if len(missing) > 1 else "")
+            )
+    for name, (file, _) in found.items():
+        if name not in expected and not family.may_carry(name, config):
+            raise UserError(
+                f"{file}: unexpected tensor {name!r}; the weights do not belong to the "
+                f"{architecture_of(config, path / 'config.json')} that config.json describes"
+            )
 
 
-def _check_shapes(config: dict[str, Any], found: dict[str, tuple[Path, list[int]]], path: Path) -> None:
-    """Compare the tensors most likely to reveal a wrong config (embedding, first and last layer)."""
-    expected = tensor_shapes(config)
-    last = config["num_hidden_layers"] - 1
-    wanted = ["model.embed_tokens.weight"]
-    for layer in sorted({0, last}):
-        for mod in (
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-        ):
-            wanted.append(f"model.layers.{layer}.{mod}.weight")
-    for name in wanted:
-        if name not in found:
-            raise UserError(
-                f"{path}: tensor {name!r} is missing from the safetensors weights (config.json says {config['num_hidden_layers']} layers)"
-            )
-        file, shape = found[name]
-        if tuple(shape) != expected[name]:
-            raise UserError(
-                f"{file}: tensor {name!r} has shape {list(shape)} but config.json implies {list(expected[name])}"
-            )
+def _check_tensor(file: Path, info: dict[str, Any], name: str, shape: tuple[int, ...]) -> None:
+    if info["dtype"] not in FLOAT_DTYPES:
+        raise UserError(
+            f"{file}: tensor {name!r} has dtype {info['dtype']}; base weights must be floating point "
+            f"({', '.join(FLOAT_DTYPES)})"
+        )
+    if tuple(info["shape"]) != shape:
+        raise UserError(
+            f"{file}: tensor {name!r} has shape {list(info['shape'])} but config.json implies {list(shape)}"
+        )
+
+
+def check_tokenizer_fits(tokenizer: Any, path: Path) -> None:
+    """Every id ``tokenizer`` (a ``tokenizers.Tokenizer`` loaded from ``path``) can produce, its
+    vocabulary and added tokens, is below config.json's ``vocab_size``: an id past the embedding
+    table is an IndexError on torch and silent garbage (NaN loss) on jax."""
+    config_file = path / "config.json"
+    vocab_size = positive_int(read_config(path), "vocab_size", config_file)
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    if not vocab:
+        raise UserError(f"{path / 'tokenizer.json'}: the tokenizer has an empty vocabulary")
+    token, top = max(vocab.items(), key=lambda kv: kv[1])
+    if top >= vocab_size:
+        raise UserError(
+            f"{path / 'tokenizer.json'}: token {token!r} has id {top}, outside the model's vocabulary "
+            f"({config_file.name} vocab_size {vocab_size}); the tokenizer does not belong to this model"
+        )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from loraswitch.core import hookimpl
 from loraswitch.core.errors import UserError
+from loraswitch.core.files.paths import directory, resolved
 from loraswitch.core.models import cache
 from loraswitch.core.models.model_dir import validate_model_dir
 from loraswitch.core.models.shapes import SHAPES, count_params, shape_config
@@ -46,7 +47,9 @@ def resolve_model_source(source: str, cache_dir: Path) -> ModelSource | None:
     path = Path(source).expanduser()
     if path.is_dir():
         validate_model_dir(path)
-        return ModelSource(name=source, path=path.resolve())
+        return ModelSource(name=source, path=resolved(path))
+    if path.is_symlink() and not path.exists():  # a dangling link or a loop: say so, not "cannot resolve"
+        directory(path, what="model directory")
     return None
 
 

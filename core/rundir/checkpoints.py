@@ -3,6 +3,8 @@
 A checkpoint is built as ``checkpoints/.tmp-step-NNNNNN`` and renamed into place; its
 trainer_state.json is written last and lists every file with its size and sha256, so a
 checkpoint counts as complete only when that file parses and the files it lists are there.
+A ``step-NNNNNN`` directory is therefore complete or damaged, never "in progress": resume
+refuses a damaged newest checkpoint unless told which older one to use (``--resume_from``).
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.atomic import fsync_dir, fsync_tree, sha256_file
+from loraswitch.core.files.json_file import MAX_JSON_FILE_BYTES, parse_json
+from loraswitch.core.files.paths import read_bounded
 from loraswitch.core.rundir.names import (
     CHECKPOINT_PREFIX,
     CHECKPOINT_TMP_PREFIX,
     CHECKPOINTS,
     KEEP_CHECKPOINTS,
+    SET_ASIDE_PREFIX,
     TRAINER_STATE,
     checkpoint_name,
 )
@@ -71,14 +77,16 @@ def read_trainer_state(checkpoint: Path) -> dict[str, Any] | None:
 
 
 def _check_complete(checkpoint: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(trainer state, None) for a complete checkpoint, else (None, why not, naming the file)."""
+    """(trainer state, None) when the manifest parses and every file it lists is there with its
+    listed size; else (None, why not, naming the file). Sizes only: cheap enough to run on every
+    checkpoint after each save; ``verify_checkpoint`` adds the sha256 of every file."""
     path = checkpoint / TRAINER_STATE
+    if not checkpoint.is_dir():
+        return None, f"{checkpoint}: not a directory"
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None, f"{path}: missing"
-    except (OSError, ValueError) as e:
-        return None, f"{path}: not valid JSON ({e})"
+        state = parse_json(read_bounded(path, MAX_JSON_FILE_BYTES, missing="missing"), str(path))
+    except UserError as e:
+        return None, str(e)
     if (
         not isinstance(state, dict)
         or not isinstance(state.get("step"), int)
@@ -88,34 +96,45 @@ def _check_complete(checkpoint: Path) -> tuple[dict[str, Any] | None, str | None
     if state["step"] != _step_of(checkpoint):
         return None, f"{path}: step = {state['step']!r}, but the directory is {checkpoint.name}"
     for name, info in state["files"].items():
+        listed = info.get("size") if isinstance(info, dict) else info
+        if not _is_relative_file_name(name):
+            return None, f"{path}: lists {name!r}, which is not a file inside the checkpoint"
+        file = checkpoint / name
         try:
-            size = (checkpoint / name).stat().st_size
+            size = file.stat().st_size if file.is_file() else None
         except OSError:
-            return None, f"{checkpoint / name}: missing, though {TRAINER_STATE} lists it"
-        if not isinstance(info, dict) or size != info.get("size"):
-            listed = info.get("size") if isinstance(info, dict) else info
-            return None, f"{checkpoint / name}: {size} bytes, but {TRAINER_STATE} lists {listed!r} bytes"
+            size = None
+        if size is None:
+            return None, f"{file}: missing, though {TRAINER_STATE} lists it"
+        if size != listed:
+            return None, f"{file}: {size} bytes, but {TRAINER_STATE} lists {listed!r} bytes"
     return state, None
 
 
+def _is_relative_file_name(name: str) -> bool:
+    """A manifest entry names a file below the checkpoint: an edited "../../x" is never read."""
+    p = PurePosixPath(name)
+    return bool(name) and "\0" not in name and not p.is_absolute() and ".." not in p.parts
+
+
 def _step_of(checkpoint: Path) -> int | None:
-    try:
-        return int(checkpoint.name[len(CHECKPOINT_PREFIX) :]) if checkpoint.name.startswith(CHECKPOINT_PREFIX) else None
-    except ValueError:
-        return None
+    name = checkpoint.name
+    digits = name[len(CHECKPOINT_PREFIX) :]
+    return int(digits) if name.startswith(CHECKPOINT_PREFIX) and digits.isdigit() and digits.isascii() else None
+
+
+def checkpoint_entries(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every ``step-NNNNNN`` entry of ``checkpoints/``, complete or not, oldest
+    first (``.tmp-`` directories of a killed writer are not among them)."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted((step, p) for p in root.iterdir() if (step := _step_of(p)) is not None)
 
 
 def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, path) of every complete checkpoint, oldest first; tmp and partial ones are skipped."""
-    root = run_dir / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    out = []
-    for p in root.iterdir():
-        step = _step_of(p)
-        if step is not None and p.is_dir() and read_trainer_state(p) is not None:
-            out.append((step, p))
-    return sorted(out)
+    return [(step, p) for step, p in checkpoint_entries(run_dir) if read_trainer_state(p) is not None]
 
 
 def latest_complete_checkpoint(run_dir: str | Path) -> Path | None:
@@ -123,41 +142,82 @@ def latest_complete_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def resume_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint --resume continues from: the latest complete one. A newer step directory
-    that holds a trainer_state.json but is not complete was damaged after it was written (a
-    killed writer leaves only a .tmp- directory, since a checkpoint is renamed into place once
-    complete); silently falling back would discard steps, or the whole run, so it is an error."""
-    latest = latest_complete_checkpoint(run_dir)
-    latest_step = _step_of(latest) if latest is not None else None
-    newest = -1 if latest_step is None else latest_step
-    root = run_dir / CHECKPOINTS
-    for p in sorted(root.iterdir()) if root.is_dir() else []:
-        step = _step_of(p)
-        if step is not None and step > newest and (p / TRAINER_STATE).exists():
-            problem = _check_complete(p)[1]
-            raise UserError(
-                f"{problem}; checkpoint {p} is damaged (delete it to resume from "
-                f"{latest.name if latest else 'the start'})"
-            )
-    return latest
-
-
 def verify_checkpoint(checkpoint: Path) -> dict[str, Any]:
-    """Check every file's sha256 against trainer_state.json before resuming from it; a damaged
-    file is named, with the way out (delete the checkpoint to fall back to the previous one)."""
-    state = read_trainer_state(checkpoint)
+    """The trainer state of a checkpoint that is complete and whose every file has the sha256
+    its manifest lists; else a UserError naming the file."""
+    state, problem = _check_complete(checkpoint)
     if state is None:
-        raise UserError(
-            f"{checkpoint / TRAINER_STATE}: checkpoint is incomplete or its trainer state is not valid JSON"
-        )
+        raise UserError(f"{problem}; checkpoint {checkpoint} is damaged")
     for name, info in state["files"].items():
         if sha256_file(checkpoint / name) != info.get("sha256"):
             raise UserError(
-                f"{checkpoint / name}: checksum differs from {TRAINER_STATE}; the checkpoint is damaged "
-                f"(delete {checkpoint} to resume from the previous one)"
+                f"{checkpoint / name}: checksum differs from {TRAINER_STATE}; checkpoint {checkpoint} is damaged"
             )
     return state
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What ``--resume`` continues from: a verified checkpoint (None: the start) and the newer
+    checkpoint directories that ``--resume_from`` asked to pass over."""
+
+    checkpoint: Path | None
+    state: dict[str, Any] | None
+    passed_over: tuple[Path, ...] = ()
+
+
+def resume_checkpoint(run_dir: Path, resume_from: str | None = None) -> Resume:
+    """The checkpoint ``--resume`` continues from: the newest ``step-NNNNNN`` directory, which
+    must be complete and verify (every listed file present, sizes and sha256 as listed).
+
+    A killed writer leaves only a ``.tmp-step-*`` directory (a checkpoint is renamed into place
+    once complete), so a newest checkpoint that does not verify was damaged after it was written.
+    Falling back to an older one silently would throw steps away, so it is an error naming the
+    damaged file; ``resume_from`` (``--resume_from step-NNNNNN``) is the deliberate way back."""
+    entries = checkpoint_entries(run_dir)
+    if resume_from is not None:
+        return _resume_from(run_dir, entries, resume_from)
+    if not entries:
+        return Resume(None, None)
+    newest = entries[-1][1]
+    try:
+        return Resume(newest, verify_checkpoint(newest))
+    except UserError as e:
+        older = [p for _, p in entries[:-1] if read_trainer_state(p) is not None]
+        way_out = (
+            f"to resume from the newest complete one instead, add --resume_from {older[-1].name}"
+            if older
+            else "no older checkpoint is complete; start the run again with --overwrite"
+        )
+        raise UserError(f"{e}; {way_out}") from None
+
+
+def _resume_from(run_dir: Path, entries: list[tuple[int, Path]], name: str) -> Resume:
+    wanted = _step_of(Path(name)) if not name.isdigit() else int(name)
+    chosen = next((p for step, p in entries if step == wanted), None)
+    if chosen is None:
+        complete = ", ".join(p.name for _, p in entries if read_trainer_state(p) is not None) or "none"
+        raise UserError(
+            f"--resume_from {name}: no such checkpoint in {run_dir / CHECKPOINTS} (complete ones: {complete})"
+        )
+    state = verify_checkpoint(chosen)
+    return Resume(chosen, state, tuple(p for step, p in entries if step > state["step"]))
+
+
+def set_aside(passed_over: tuple[Path, ...]) -> list[Path]:
+    """Rename checkpoints that ``--resume_from`` passed over to ``checkpoints/set-aside-step-NNNNNN``:
+    out of the way of the resumed run (which writes those steps again), but not deleted, since
+    the user may still want to look at them. Returns the new paths."""
+    moved = []
+    for path in passed_over:
+        target = path.with_name(f"{SET_ASIDE_PREFIX}{path.name}")
+        if target.exists():
+            target = path.with_name(f"{SET_ASIDE_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
+        os.replace(path, target)
+        moved.append(target)
+    if passed_over:
+        fsync_dir(passed_over[0].parent)
+    return moved
 
 
 def prune_checkpoints(run_dir: Path, keep: int = KEEP_CHECKPOINTS) -> None:

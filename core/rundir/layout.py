@@ -5,7 +5,6 @@ directory, fsynced and renamed over the old one (core/files/atomic.py). Checkpoi
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -16,6 +15,8 @@ import yaml
 
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.atomic import atomic_write_json, atomic_write_text
+from loraswitch.core.files.config_text import load_yaml
+from loraswitch.core.files.json_file import parse_json
 from loraswitch.core.rundir import names
 from loraswitch.core.rundir.names import ADAPTER, CHECKPOINTS, CONFIG, LOSS_PLOT, METRICS, MIN_FREE_BYTES, SUMMARY
 
@@ -110,9 +111,10 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: missing; {run_dir} is not a loraswitch run directory")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid YAML ({e})") from e
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not valid YAML (not UTF-8 text, byte {e.start})") from e
+    data = load_yaml(text, str(path))
     if not isinstance(data, dict):
         raise UserError(f"{path}: must be a mapping of key: value")
     return data
@@ -131,8 +133,8 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     kept = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            obj = json.loads(line)
-        except ValueError:
+            obj = parse_json(line, str(path))
+        except UserError:  # a line torn by the kill (or edited beyond recognition) is dropped
             continue
         s = obj.get("step") if isinstance(obj, dict) else None
         if isinstance(obj, dict) and not (isinstance(s, (int, float)) and s > step):

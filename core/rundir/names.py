@@ -7,6 +7,7 @@ uses these constants, never the literals::
     loss.png           the loss curve (loss_plot plugin)
     adapter/           the final adapter, PEFT format
     checkpoints/step-NNNNNN/{adapter/, backend_state/, trainer_state.json}
+    checkpoints/set-aside-step-NNNNNN/   newer checkpoints that --resume_from passed over
     trackers.json      each experiment tracker's run id, so --resume continues the same tracker run
     tensorboard/       TensorBoard event files (report_to: tensorboard)
     mlflow.db          the MLflow store when MLFLOW_TRACKING_URI is not set (report_to: mlflow)
@@ -37,6 +38,7 @@ REPORT = "report.html"
 KEEP_CHECKPOINTS = 2
 MIN_FREE_BYTES = 64 * 1024 * 1024
 CHECKPOINT_PREFIX, CHECKPOINT_TMP_PREFIX = "step-", ".tmp-step-"
+SET_ASIDE_PREFIX = "set-aside-"  # checkpoints that --resume_from passed over: kept, never read again
 
 
 def checkpoint_name(step: int) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 from loraswitch.core.config import Config, validate
 from loraswitch.core.errors import UserError
 from loraswitch.core.files import atomic
+from loraswitch.core.files.paths import regular_file, resolved
 from loraswitch.core.plugins import call_hook, check_trackers, create_backend
 from loraswitch.core.rundir import checkpoints, layout, names
 from loraswitch.core.training import kill_points, parallel
@@ -40,12 +41,20 @@ from loraswitch.core.training.stopping import StopReason, limit_reached
 from loraswitch.core.types import Batch, MicroStep, RunContext
 
 
-def train(config: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+def train(
+    config: Config,
+    *,
+    resume: bool = False,
+    resume_from: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Train ``config`` and return the summary (also written to summary.json).
 
     With ``resume=True``, ``config.output_dir`` is an existing run directory and ``config``
-    should come from its config.yaml (see ``resume_config``)."""
-    recipe = Recipe(config, resume=resume, overwrite=overwrite, quiet=quiet)
+    should come from its config.yaml (see ``resume_config``); it continues from the newest
+    checkpoint, or from ``resume_from`` (``step-NNNNNN``) when that one is damaged."""
+    recipe = Recipe(config, resume=resume, resume_from=resume_from, overwrite=overwrite, quiet=quiet)
     recipe.setup()
     with StopRequest() as stop:
         reason = recipe.train(stop)
@@ -60,13 +69,24 @@ class Recipe:
     writes the final adapter and summary.json; ``cleanup`` tells the observers and waits for the
     other processes. Each phase can be driven (and tested) alone."""
 
-    def __init__(self, config: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        resume: bool = False,
+        resume_from: str | None = None,
+        overwrite: bool = False,
+        quiet: bool = False,
+    ):
+        if resume_from is not None and not resume:
+            raise UserError("--resume_from needs --resume RUN_DIR")
         self.t_start = time.perf_counter()
         # Round-trip through validation so the run trains on exactly what config.yaml will give a
         # resumed run (pydantic leaves defaults unconverted: lora_alpha 64 vs 64.0 after a reload).
         self.config = validate(_absolute_paths(config).model_dump(), "config")
         self.run_dir = Path(self.config.output_dir)
-        self.resume, self.overwrite, self.quiet = resume, overwrite, quiet
+        self.resume, self.resume_from, self.overwrite, self.quiet = resume, resume_from, overwrite, quiet
+        self.passed_over: tuple[Path, ...] = ()  # newer checkpoints --resume_from sets aside
         self.state = TrainerState()
         self.checkpoint: Path | None = None  # the checkpoint a resumed run continues from
         self.saved: dict[str, Any] | None = None  # its trainer_state.json
@@ -113,8 +133,8 @@ class Recipe:
         if self.resume:
             if not (self.run_dir / names.CONFIG).is_file():
                 raise UserError(f"--resume {self.run_dir}: not a run directory (no {names.CONFIG})")
-            self.checkpoint = checkpoints.resume_checkpoint(self.run_dir)
-            self.saved = checkpoints.verify_checkpoint(self.checkpoint) if self.checkpoint else None
+            found = checkpoints.resume_checkpoint(self.run_dir, self.resume_from)
+            self.checkpoint, self.saved, self.passed_over = found.checkpoint, found.state, found.passed_over
         else:
             layout.check_new_run(self.run_dir, overwrite=self.overwrite)
         layout.check_writable(self.run_dir)
@@ -177,6 +197,12 @@ class Recipe:
         if not self.main:
             return
         if self.resume:
+            for moved in checkpoints.set_aside(self.passed_over):
+                if not self.quiet:
+                    print(
+                        f"loraswitch: --resume_from: set {moved.name[len(names.SET_ASIDE_PREFIX) :]} aside as {moved}",
+                        file=sys.stderr,
+                    )
             layout.remove_leftovers(self.run_dir)
             layout.truncate_metrics(self.run_dir, self.state.step)
         else:
@@ -407,9 +433,13 @@ def _absolute_paths(config: Config) -> Config:
     """Data files and a local model directory as absolute paths, so --resume and
     ``loraswitch evaluate RUN_DIR`` work from any working directory (a no-op when resuming:
     config.yaml already holds them)."""
-    update = {k: str(Path(getattr(config, k)).resolve()) for k in ("data", "validation_data") if getattr(config, k)}
+    update = {
+        k: str(resolved(regular_file(getattr(config, k), what="data file")))
+        for k in ("data", "validation_data")
+        if getattr(config, k)
+    }
     if Path(config.model).expanduser().is_dir():
-        update["model"] = str(Path(config.model).expanduser().resolve())
+        update["model"] = str(resolved(config.model))
     return config.model_copy(update=update)
 
 

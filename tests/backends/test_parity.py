@@ -59,8 +59,10 @@ def load(backend_cls, model_dir: Path, config: Config, adapter: Path | None = No
     return backend
 
 
-def write_initial_adapter(directory: Path, model_dir: Path, seed: int) -> Path:
-    """A PEFT adapter with random A *and* B, identical for both backends."""
+def write_initial_adapter(
+    directory: Path, model_dir: Path, seed: int, *, use_rslora: bool = False, b_scale: float = 1.0
+) -> Path:
+    """A PEFT adapter with random A *and* B (times ``b_scale``), identical for both backends."""
     spec = load_spec(model_dir)
     rng = np.random.default_rng(seed)
     lora = {}
@@ -68,9 +70,16 @@ def write_initial_adapter(directory: Path, model_dir: Path, seed: int) -> Path:
         lora[peft_format.state_name(name, "A")] = rng.uniform(-0.3, 0.3, (spec.num_layers, n_in, RANK)).astype(
             np.float32
         )
-        lora[peft_format.state_name(name, "B")] = rng.normal(0, 0.05, (spec.num_layers, RANK, n_out)).astype(np.float32)
+        lora[peft_format.state_name(name, "B")] = (
+            rng.normal(0, 0.05, (spec.num_layers, RANK, n_out)) * b_scale
+        ).astype(np.float32)
     config = peft_format.peft_config(
-        r=RANK, alpha=ALPHA, dropout=0.0, targets=list(spec.linear_dims()), use_rslora=False, base_model=str(model_dir)
+        r=RANK,
+        alpha=ALPHA,
+        dropout=0.0,
+        targets=list(spec.linear_dims()),
+        use_rslora=use_rslora,
+        base_model=str(model_dir),
     )
     peft_format.save_adapter(directory, lora, spec, config)
     return directory
@@ -153,6 +162,25 @@ def test_logits_match_transformers(which, request, tmp_path):
     real = batch.attention_mask == 1
     assert not real.all()
     assert relative_error(ours[real], reference[real]) < 1e-5
+
+
+@pytest.mark.parametrize("backend_cls", [TorchBackend, JaxBackend], ids=["torch", "jax"])
+def test_rslora_scales_the_lora_path_by_alpha_over_sqrt_r(backend_cls, tiny_dir, tmp_path):
+    """use_rslora: the update is scaled by alpha / sqrt(r) instead of alpha / r. With r = 4 that
+    is twice as much, so an rsLoRA adapter gives exactly the logits of a plain adapter whose B
+    is doubled. A backend that ignored use_rslora would give the logits of B, not of 2 B."""
+    batch = random_batch(4, batch=3, length=40)  # test_logits_match_transformers' shape: its jit is reused
+    rs = write_initial_adapter(tmp_path / "rs", tiny_dir, seed=4, use_rslora=True)
+    doubled = write_initial_adapter(tmp_path / "doubled", tiny_dir, seed=4, b_scale=np.sqrt(RANK))
+    plain = write_initial_adapter(tmp_path / "plain", tiny_dir, seed=4)
+    rs_logits = load(backend_cls, tiny_dir, make_config(use_rslora=True), rs).logits(batch)
+    reference = load(backend_cls, tiny_dir, make_config(), doubled)
+    doubled_logits = reference.logits(batch)
+    reference.load_adapter(plain)
+    plain_logits = reference.logits(batch)
+    real = batch.attention_mask == 1
+    assert relative_error(rs_logits[real], doubled_logits[real]) < 1e-5
+    assert relative_error(rs_logits[real], plain_logits[real]) > 1e-3
 
 
 def micro_steps(examples: list[TokenizedExample], config: Config, n_steps: int):

@@ -112,7 +112,16 @@ def test_train_then_evaluate_and_generate(cfg, capsys):
     rc, out, _ = run_cli(capsys, "evaluate", run, "--json", "--max_new_tokens", "4")
     result = json.loads(out)
     assert rc == 0 and result["loss"] == pytest.approx(summary["final_eval_loss"])
-    assert 0 <= result["exact_match"] <= 1 and result["exact_match_examples"] == summary["n_validation"]
+    assert result["exact_match_examples"] == summary["n_validation"] == 4
+    # The rate, recomputed through another command: one greedy `generate` per validation record.
+    from loraswitch.core.data.dataset import split_indices
+
+    _, validation = split_indices(20, 0.8, 0)
+    hits = 0
+    for i in validation:
+        rc, out, _ = run_cli(capsys, "generate", "--adapter", run, "--max_new_tokens", "4", f"{i}+1=")
+        hits += int(rc == 0 and out.strip() == str(i + 1))
+    assert result["exact_match"] == hits / 4
 
     # without --model, the adapter's base_model_name_or_path (random:tiny) is used
     rc, out, _ = run_cli(
@@ -130,7 +139,14 @@ def test_train_then_evaluate_and_generate(cfg, capsys):
     assert rc == 0 and json.loads(out)["examples"] == 20
 
     rc, out, _ = run_cli(capsys, "generate", "--adapter", run, "--max_new_tokens", "5", "3+1=")
-    assert rc == 0 and out.endswith("\n")
+    from loraswitch.core.cli.commands._inference import load_for_inference
+
+    backend, tokenizer, _ = load_for_inference(model=None, backend_name=None, adapter=str(run))
+    new_ids = backend.generate(tokenizer.encode_prompt("3+1="), max_new_tokens=5, stop_ids=tokenizer.eos_ids)
+    assert 1 <= len(new_ids) <= 5 and new_ids == backend.generate(
+        tokenizer.encode_prompt("3+1="), max_new_tokens=5, stop_ids=tokenizer.eos_ids
+    )
+    assert rc == 0 and out == tokenizer.decode(new_ids) + "\n"
 
 
 def test_resume_extends_and_reports_ignored_keys(cfg, capsys):

@@ -62,7 +62,10 @@ def test_quickstart_writes_a_run_whose_adapter_loads_in_peft(quickstart_run, smo
 
     result = json.loads((quickstart_run / "quickstart.json").read_text())
     assert result["backend"] == "torch" and result["train_steps"] == 2
-    assert 0.0 <= result["exact_match_before"] <= 1.0 and len(result["samples_after"]) == 2
+    # Every reference is a JSON object longer than the 4-token budget, so no answer can match it,
+    # before or after: the rates are exactly 0, and the samples show the 4-token answers.
+    assert (result["exact_match_before"], result["exact_match_after"]) == (0.0, 0.0)
+    assert len(result["samples_before"]) == len(result["samples_after"]) == 2
     summary = json.loads((quickstart_run / "summary.json").read_text())
     assert summary["stop_reason"] == "n_steps" and (quickstart_run / "loss.png").is_file()
     samples = json.loads((quickstart_run / "samples.json").read_text())

@@ -31,6 +31,8 @@ def adapter_settings(adapter_dir: Path) -> dict[str, Any]:
     targets = cfg.get("target_modules")
     if isinstance(targets, str):
         targets = [targets]
+    if targets is not None and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise UserError(f"{path}: 'target_modules' must be a list of module names, got {targets!r}")
     if targets:
         out["lora_target_modules"] = sorted(targets)
     return out

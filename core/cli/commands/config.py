@@ -24,7 +24,7 @@ def run(args) -> int:
 
     config = resolve(args.file, args.overrides)
     if args.json:
-        print(json.dumps(config.model_dump()))
+        print(json.dumps(config.model_dump(), allow_nan=False))  # the schema keeps every float finite
     else:
         print(yaml.safe_dump(config.model_dump(), sort_keys=False), end="")
     return 0

@@ -4,6 +4,8 @@
   loraswitch train config.yaml --lora_r 8 --n_steps 50  # any config key as --KEY VALUE
   loraswitch train --resume runs/run                    # continue from its latest checkpoint
   loraswitch train --resume runs/run --n_steps 1000     # ... with a larger step budget
+  loraswitch train --resume runs/run --resume_from step-000200   # ... from an older checkpoint, when
+                                                        # the newest is damaged (newer ones are set aside)
 
 Exit codes: 0 finished (n_steps, n_epochs or stop_eval_loss), 1 non-finite loss (the last good
 checkpoint is kept), 2 bad input, 130/143 interrupted by SIGINT/SIGTERM (checkpoint written).
@@ -20,6 +22,12 @@ TAKES_OVERRIDES = True
 def add_arguments(p) -> None:
     p.add_argument("config", nargs="?", metavar="CONFIG", help="YAML or TOML config file")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest complete checkpoint")
+    p.add_argument(
+        "--resume_from",
+        metavar="CHECKPOINT",
+        help="with --resume: continue from this checkpoint (step-NNNNNN) instead of the newest; "
+        "newer ones are renamed to checkpoints/set-aside-step-NNNNNN",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace the run already in output_dir")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.epilog = "Any config key can be given as --KEY VALUE (see `loraswitch config`)."
@@ -42,8 +50,10 @@ def run(args) -> int:
         values.update(env_overrides())
         values.update(args.overrides)
         config = resume_config(args.resume, values, quiet=args.quiet)
-        summary = train(config, resume=True, quiet=args.quiet)
+        summary = train(config, resume=True, resume_from=args.resume_from, quiet=args.quiet)
     else:
+        if args.resume_from:
+            raise UserError("--resume_from needs --resume RUN_DIR")
         config = resolve(args.config, args.overrides)
         summary = train(config, overwrite=args.overwrite, quiet=args.quiet)
 

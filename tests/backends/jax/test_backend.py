@@ -10,6 +10,7 @@ Run: .venv/bin/pytest tests/backends/jax/test_backend.py -q
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -272,9 +273,8 @@ def test_resume_replays_dropout_exactly(tiny_dir, nonzero_adapter, tmp_path):
 
 def test_random_init_source_trains(tiny_dir, tmp_path):
     """random_init: the backend draws the weights itself (the llama-1b/8b benchmark path)."""
-    config_only = tmp_path / "model"
-    config_only.mkdir()
-    (config_only / "config.json").write_text((tiny_dir / "config.json").read_text())
+    config_only = tmp_path / "model"  # what a random:<shape> source holds when its weights are not written
+    shutil.copytree(tiny_dir, config_only, ignore=shutil.ignore_patterns("*.safetensors"))
     backend = JaxBackend()
     backend.load(ModelSource(name="random:tiny", path=config_only, random_init=True, init_seed=3), make_config())
     loss = run_window(backend, [batch(1)], step=0)
@@ -486,8 +486,10 @@ def test_engine_stop_reasons_and_resume(tmp_path, monkeypatch):
             assert (tmp_path / "part" / "adapter" / name).read_bytes() == (
                 tmp_path / "full" / "adapter" / name
             ).read_bytes()
-        assert train(config("eval", stop_eval_loss=100.0), quiet=True)["stop_reason"] == "stop_eval_loss"
+        by_eval = train(config("eval", stop_eval_loss=100.0), quiet=True)
+        assert (by_eval["stop_reason"], by_eval["steps"]) == ("stop_eval_loss", 3)  # the first eval (eval_every 3)
         epochs = train(config("epochs", n_epochs=1, n_steps=100), quiet=True)
-        assert epochs["stop_reason"] == "n_epochs" and 1 <= epochs["steps"] < 100
+        # 24 records -> 19 train -> 10 micro-batches of 2 -> 5 windows of 2
+        assert (epochs["stop_reason"], epochs["n_train"], epochs["steps"]) == ("n_epochs", 19, 5)
     finally:
         reset_plugin_manager()

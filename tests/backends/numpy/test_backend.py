@@ -292,3 +292,15 @@ def test_describe(source):
     assert d["framework"] == "numpy" and d["device"] == "cpu"
     assert d["params_trainable"] == 2 * 4 * 16
     assert d["params_total"] == d["params_trainable"] + 2 * VOCAB * 16 + 16 * 16
+
+
+def test_rslora_scales_by_alpha_over_sqrt_r(source):
+    """r = 4: alpha / sqrt(r) is twice alpha / r, so rsLoRA with B equals plain LoRA with 2 B."""
+    batch = batch_from(cycle_rows(2))
+    rs, plain = make_backend(source, use_rslora=True), make_backend(source)
+    b = np.random.default_rng(0).normal(0, 0.5, rs.params["lora_B"].shape).astype(np.float32)
+    rs.params["lora_B"][...] = b
+    plain.params["lora_B"][...] = 2 * b
+    assert rs.eval_loss(batch)[0] == pytest.approx(plain.eval_loss(batch)[0], rel=1e-6)
+    plain.params["lora_B"][...] = b
+    assert abs(rs.eval_loss(batch)[0] - plain.eval_loss(batch)[0]) > 1e-3 * abs(plain.eval_loss(batch)[0])

@@ -95,7 +95,7 @@ def test_bad_line_names_file_and_line(tmp_path, line, message):
 def test_file_level_errors(tmp_path):
     with pytest.raises(UserError, match=r"missing.jsonl: data file not found"):
         read_jsonl(tmp_path / "missing.jsonl")
-    with pytest.raises(UserError, match=r"data path is not a file"):
+    with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path))}: data file is a directory, not a regular file$"):
         read_jsonl(tmp_path)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n \n")

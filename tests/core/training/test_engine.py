@@ -253,24 +253,14 @@ def test_interrupt_during_eval_is_evaluated_again_on_resume(tmp_path, data):
     assert adapter_bytes(run) == adapter_bytes(tmp_path / "full")
 
 
-def test_crash_then_resume_ignores_partial_checkpoints(tmp_path, data):
-    """A crash (here: a plugin raising after step 9) leaves checkpoint 8, a half-written tmp dir,
-    a step dir without trainer_state.json and a torn metrics line; resume uses step 8."""
+def test_crash_then_resume_ignores_a_killed_writers_leftovers(tmp_path, data):
+    """A crash (here: a plugin raising after step 9) leaves checkpoint 8, a half-written tmp dir
+    (all a killed checkpoint writer can leave) and a torn metrics line; resume uses step 8."""
     kw = dict(n_steps=13, lora_dropout=0.1)
     train(make_config(tmp_path, data, "full", **kw), quiet=True)
-
-    def crash(step):
-        if step == 9:
-            raise RuntimeError("simulated crash")
-
-    get_plugin_manager().register(Hook(crash), name="crasher")
-    with pytest.raises(UserError, match='plugin "crasher"'):
-        train(make_config(tmp_path, data, "part", **kw), quiet=True)
-    get_plugin_manager().unregister(name="crasher")
+    crash_at_step_9(tmp_path, data, kw)
     run = tmp_path / "part"
     (run / "checkpoints" / ".tmp-step-000012").mkdir()
-    shutil.copytree(run / "checkpoints" / "step-000008", run / "checkpoints" / "step-000011")
-    (run / "checkpoints" / "step-000011" / "trainer_state.json").unlink()
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"event": "step", "st')
     assert checkpoints.latest_complete_checkpoint(run).name == "step-000008"
@@ -280,6 +270,71 @@ def test_crash_then_resume_ignores_partial_checkpoints(tmp_path, data):
     assert adapter_bytes(run) == adapter_bytes(tmp_path / "full")
     assert metrics_lines(run) == metrics_lines(tmp_path / "full")
     assert not (run / "checkpoints" / ".tmp-step-000012").exists()
+
+
+def crash_at_step_9(tmp_path, data, kw):
+    def crash(step):
+        if step == 9:
+            raise RuntimeError("simulated crash")
+
+    get_plugin_manager().register(Hook(crash), name="crasher")
+    with pytest.raises(UserError, match='plugin "crasher"'):
+        train(make_config(tmp_path, data, "part", **kw), quiet=True)
+    get_plugin_manager().unregister(name="crasher")
+
+
+def test_a_checkpoint_without_its_manifest_is_damaged_never_skipped(tmp_path, data, capsys):
+    """A step directory without trainer_state.json was damaged after it was written (a killed
+    writer leaves only .tmp-step-*): --resume names it and changes nothing; --resume_from the
+    older checkpoint continues deliberately, setting the damaged one aside, and ends equal to
+    a run that never stopped."""
+    kw = dict(n_steps=13, lora_dropout=0.1)
+    train(make_config(tmp_path, data, "full", **kw), quiet=True)
+    crash_at_step_9(tmp_path, data, kw)
+    run = tmp_path / "part"
+    damaged = run / "checkpoints" / "step-000011"
+    shutil.copytree(run / "checkpoints" / "step-000008", damaged)
+    (damaged / "trainer_state.json").unlink()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(UserError) as e:
+        train(resume_config(run), resume=True, quiet=True)
+    assert str(e.value) == (
+        f"{damaged}/trainer_state.json: missing; checkpoint {damaged} is damaged; "
+        "to resume from the newest complete one instead, add --resume_from step-000008"
+    )
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+    resumed = train(resume_config(run), resume=True, resume_from="step-000008", quiet=False)
+    assert f"set step-000011 aside as {run / 'checkpoints' / 'set-aside-step-000011'}" in capsys.readouterr().err
+    assert resumed["steps"] == 13
+    assert adapter_bytes(run) == adapter_bytes(tmp_path / "full")
+    assert metrics_lines(run) == metrics_lines(tmp_path / "full")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "set-aside-step-000011",
+        "step-000012",
+        "step-000013",
+    ]
+
+
+@pytest.mark.parametrize(
+    "resume_from,message",
+    [
+        (
+            "step-000003",
+            r"--resume_from step-000003: no such checkpoint in .* \(complete ones: step-000002, step-000004\)",
+        ),
+        ("banana", "--resume_from banana: no such checkpoint"),
+    ],
+)
+def test_resume_from_names_an_existing_checkpoint(tmp_path, data, resume_from, message):
+    train(make_config(tmp_path, data, n_steps=4, save_every=2), quiet=True)
+    with pytest.raises(UserError, match=message):
+        train(resume_config(tmp_path / "run"), resume=True, resume_from=resume_from, quiet=True)
+
+
+def test_resume_from_needs_resume(tmp_path, data):
+    with pytest.raises(UserError, match="--resume_from needs --resume RUN_DIR"):
+        train(make_config(tmp_path, data), resume_from="step-000002", quiet=True)
 
 
 def test_resume_can_extend_n_steps_and_says_what_else_is_ignored(tmp_path, data, capsys):
@@ -335,8 +390,62 @@ def test_damaged_checkpoint_is_named(tmp_path, data):
 
 
 def test_packing_trains_on_packed_rows(tmp_path, data):
-    summary = train(make_config(tmp_path, data, packing=True, max_seq_len=64, n_steps=3), quiet=True)
-    assert summary["stop_reason"] == "n_steps" and summary["steps"] == 3
+    """packing: the engine trains on pack(train examples): fewer, fuller rows, every target
+    token still trained once per epoch."""
+    from loraswitch.core.data.batching import pack
+    from loraswitch.core.data.chat_tokenizer import ChatTokenizer
+    from loraswitch.core.data.dataset import load_datasets
+    from loraswitch.core.models.sources import resolve_model
+
+    rec = Recorder()
+    get_plugin_manager().register(rec, name="recorder")
+    config = make_config(tmp_path, data, backend="recording", packing=True, max_seq_len=64, n_epochs=1, n_steps=100)
+    summary = train(config, quiet=True)
+    examples = load_datasets(config, ChatTokenizer.from_dir(resolve_model("random:tiny").path)).train
+    rows = pack(examples, 64)
+    assert len(rows) < len(examples) == summary["n_train"] == 24
+    assert summary["steps"] == len(plan_epoch(len(rows), 2, 3))
+    trained_rows = [row for m in rec.micro for row in m.batch.attention_mask if row.sum() > 1]
+    assert len(trained_rows) == len(rows)
+    assert sum(m.batch.n_targets for m in rec.micro) == sum(e.n_targets for e in examples)
+
+
+def test_eval_batches_caps_each_eval(tmp_path, data):
+    """6 validation examples in batches of 2: 3 eval batches, or eval_batches of them; evals at
+    steps 3, 6, 9 and 10."""
+    for cap, per_eval in ((None, 3), (1, 1), (2, 2)):
+        rec = Recorder()
+        get_plugin_manager().register(rec, name="recorder")
+        train(make_config(tmp_path, data, f"run-{cap}", backend="recording", eval_batches=cap), quiet=True)
+        get_plugin_manager().unregister(name="recorder")
+        assert rec.eval_batches == 4 * per_eval, cap
+
+
+class ConstantEval:
+    """Backend "constant-eval": the numpy backend whose eval loss is exactly 0.5 per token."""
+
+    @hookimpl
+    def register_backends(self, register):
+        from loraswitch_numpy.backend import NumpyBackend
+
+        class ConstantEvalBackend(NumpyBackend):
+            name = "constant-eval"
+
+            def eval_loss(self, batch):
+                _, n = super().eval_loss(batch)
+                return 0.5 * n, n
+
+        register("constant-eval", ConstantEvalBackend)
+
+
+@pytest.mark.parametrize("threshold,stops", [(0.5, False), (0.5000001, True)])
+def test_stop_eval_loss_means_strictly_below(tmp_path, data, threshold, stops):
+    get_plugin_manager().register(ConstantEval(), name="constant-eval")
+    summary = train(
+        make_config(tmp_path, data, backend="constant-eval", stop_eval_loss=threshold, n_steps=7), quiet=True
+    )
+    assert summary["final_eval_loss"] == 0.5
+    assert (summary["stop_reason"], summary["steps"]) == (("stop_eval_loss", 3) if stops else ("n_steps", 7))
 
 
 def test_unwritable_output_dir(tmp_path, data):

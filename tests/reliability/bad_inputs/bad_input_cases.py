@@ -17,6 +17,7 @@ run is cleared.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,84 @@ def both(*prepares: Callable[[Any], None]) -> Callable[[Any], None]:
             p(ctx)
 
     return prepare
+
+
+def symlink_loop(name: str) -> Callable[[Any], None]:
+    """prepare(): {d}/NAME is a symlink to itself."""
+
+    def prepare(ctx: Any) -> None:
+        os.symlink(ctx.d / name, ctx.d / name)
+
+    return prepare
+
+
+def fifo(name: str) -> Callable[[Any], None]:
+    """prepare(): {d}/NAME (or a path under {model}) is a FIFO: opening it would block forever."""
+
+    def prepare(ctx: Any) -> None:
+        path = ctx.d / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
+
+    return prepare
+
+
+def small_vocab_model(vocab_size: int = 200) -> Callable[[Any], None]:
+    """prepare(): {model} is a random model of ``vocab_size`` with the byte tokenizer, whose
+    ids reach 258 (bytes 0-255, then its three added tokens)."""
+
+    def prepare(ctx: Any) -> None:
+        from loraswitch.core.models.random_model import write_random_model
+        from loraswitch.core.models.shapes import shape_config
+
+        config = dict(shape_config("tiny"), vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=1)
+        write_random_model(ctx.d / "model", config)
+
+    return prepare
+
+
+def vocab_entry_past_vocab(m: Path) -> None:
+    """tokenizer.json's own vocabulary gains an entry with id 600 (the model has 512 rows)."""
+    tok = json.loads((m / "tokenizer.json").read_text())
+    tok["model"]["vocab"]["\u0120hello"] = 600
+    (m / "tokenizer.json").write_text(json.dumps(tok))
+
+
+def retype_weights(dtype: str, only: str | None = None) -> Callable[[Path], None]:
+    def edit(m: Path) -> None:
+        import numpy as np
+        from safetensors.numpy import load_file, save_file
+
+        weights = load_file(str(m / "model.safetensors"))
+        for name in [only] if only else list(weights):
+            weights[name] = weights[name].astype(np.dtype(dtype))
+        save_file(weights, str(m / "model.safetensors"), metadata={"format": "pt"})
+
+    return edit
+
+
+def rewrite_header(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    """Edit model.safetensors' JSON header in place (data bytes kept)."""
+
+    def apply(m: Path) -> None:
+        import struct
+
+        raw = (m / "model.safetensors").read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + n])
+        edit(header)
+        body = json.dumps(header).encode()
+        (m / "model.safetensors").write_bytes(struct.pack("<Q", len(body)) + body + raw[8 + n :])
+
+    return apply
+
+
+def first_tensor(header: dict) -> dict:
+    return header[sorted(k for k in header if k != "__metadata__")[0]]
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
 
 
 DUPLICATE_NUMPY = """
@@ -409,7 +488,7 @@ CASES: list[Case] = [
         "the training split has no example with a target token left after truncation to max_seq_len 8",
         files={"bad.jsonl": jsonl(*[{"prompt": "a long prompt " * 4, "completion": "x"}] * 5)},
     ),
-    Case("data-is-a-directory", TRAIN + ["--data", "{d}"], "{d}: data path is not a file"),
+    Case("data-is-a-directory", TRAIN + ["--data", "{d}"], "{d}: data file is a directory, not a regular file"),
     Case(
         "data-validation-file-missing",
         TRAIN + ["--validation_data", "{d}/nope.jsonl"],
@@ -575,7 +654,7 @@ CASES: list[Case] = [
     Case(
         "run-config-not-yaml",
         RESUME,
-        "{run}/config.yaml: not valid YAML",
+        "{run}/config.yaml:2: invalid YAML",
         prepare=lambda ctx: (ctx.run / "config.yaml").write_text("lora_r: [4\n"),
     ),
     Case(
@@ -664,5 +743,443 @@ CASES: list[Case] = [
         "output-resume-not-a-run",
         ["train", "--resume", "{d}"],
         "{d}/config.yaml: missing; {d} is not a loraswitch run directory",
+    ),
+]
+
+# ---------------------------------------------------------------- issue 19: inputs that used to crash, and their classes
+CHAT_SURROGATE = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "w1 \\ud800"}]}'
+RESUME_FROM_HINT = "is damaged; to resume from the newest complete one instead, add --resume_from step-000002"
+
+
+def add_tensor(m: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(str(m / "model.safetensors"))
+    weights["model.layers.0.mlp.extra_proj.weight"] = np.zeros((4, 4), np.float32)
+    save_file(weights, str(m / "model.safetensors"), metadata={"format": "pt"})
+
+
+def deep_header(header: dict) -> None:
+    value: list = []
+    for _ in range(200):
+        value = [value]
+    header["__metadata__"] = {"deep": value}
+
+
+def edit_text(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new))
+
+
+def edit_bytes_keeping_size(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def manifest_escapes(c: Path) -> None:
+    state = json.loads((c / "trainer_state.json").read_text())
+    state["files"]["../../config.yaml"] = {"size": 1, "sha256": "0" * 64}
+    (c / "trainer_state.json").write_text(json.dumps(state))
+
+
+CASES += [
+    # ------------------------------------------------------------ data: nesting, Unicode, JSON extensions
+    Case(
+        "data-nested-100000-deep",
+        TRAIN + ["--data", "{d}/bad.jsonl"],
+        "bad.jsonl:2: JSON nested 100000 levels deep; at most 100 are accepted",
+        files={"bad.jsonl": jsonl(GOOD) + DEEP + "\n"},
+    ),
+    Case(
+        "data-objects-one-level-past-the-limit",
+        TRAIN + ["--data", "{d}/bad.jsonl"],
+        "bad.jsonl:1: JSON nested 101 levels deep",
+        files={"bad.jsonl": '{"a":' * 101 + "1" + "}" * 101 + "\n"},
+    ),
+    Case(
+        "data-lone-surrogate-in-content",
+        TRAIN + ["--data", "{d}/bad.jsonl"],
+        "bad.jsonl:2: a string holds the lone UTF-16 surrogate \\ud800; it is not valid Unicode",
+        files={"bad.jsonl": jsonl(GOOD) + CHAT_SURROGATE + "\n"},
+    ),
+    Case(
+        "data-lone-low-surrogate-in-prompt",
+        TRAIN + ["--data", "{d}/bad.jsonl"],
+        "bad.jsonl:1: a string holds the lone UTF-16 surrogate \\udfff",
+        files={"bad.jsonl": '{"prompt": "a\\udfff", "completion": "b"}\n'},
+    ),
+    Case(
+        "data-surrogates-in-the-wrong-order",
+        TRAIN + ["--data", "{d}/bad.jsonl"],
+        "bad.jsonl:1: a string holds the lone UTF-16 surrogate \\udc00",
+        files={"bad.jsonl": '{"text": "\\udc00\\ud800"}\n'},
+    ),
+    Case(
+        "data-nan-literal",
+        TRAIN + ["--data", "{d}/bad.jsonl"],
+        "bad.jsonl:1: malformed JSON: NaN is not a JSON number",
+        files={"bad.jsonl": '{"prompt": "a", "completion": "b", "score": NaN}\n'},
+    ),
+    Case(
+        "data-5000-digit-integer",
+        TRAIN + ["--data", "{d}/bad.jsonl"],
+        "bad.jsonl:1: malformed JSON: Exceeds the limit (4300 digits) for integer string conversion",
+        files={"bad.jsonl": '{"text": "a", "id": ' + "9" * 5000 + "}\n"},
+    ),
+    # ------------------------------------------------------------ data: paths that are not files
+    Case(
+        "data-symlink-loop",
+        TRAIN + ["--data", "{d}/loop.jsonl"],
+        "{d}/loop.jsonl: symlink loop",
+        prepare=symlink_loop("loop.jsonl"),
+    ),
+    Case(
+        "data-dangling-symlink",
+        TRAIN + ["--data", "{d}/gone.jsonl"],
+        "{d}/gone.jsonl: a symlink to '{d}/nowhere.jsonl', which does not exist",
+        prepare=lambda ctx: os.symlink(ctx.d / "nowhere.jsonl", ctx.d / "gone.jsonl"),
+    ),
+    Case(
+        "data-fifo",
+        TRAIN + ["--data", "{d}/pipe.jsonl"],
+        "{d}/pipe.jsonl: data file is a FIFO (named pipe), not a regular file",
+        prepare=fifo("pipe.jsonl"),
+    ),
+    Case(
+        "data-device",
+        TRAIN + ["--data", "/dev/zero"],
+        "/dev/zero: data file is a device, not a regular file",
+    ),
+    Case(
+        "data-validation-file-fifo",
+        TRAIN + ["--validation_data", "{d}/pipe.jsonl"],
+        "{d}/pipe.jsonl: data file is a FIFO (named pipe), not a regular file",
+        prepare=fifo("pipe.jsonl"),
+    ),
+    # ------------------------------------------------------------ configs: paths, nesting, infinities
+    Case(
+        "config-fifo",
+        ["train", "{d}/c.yaml", "--quiet"],
+        "{d}/c.yaml: config file is a FIFO (named pipe), not a regular file",
+        prepare=fifo("c.yaml"),
+    ),
+    Case(
+        "config-symlink-loop",
+        ["train", "{d}/c.yaml", "--quiet"],
+        "{d}/c.yaml: symlink loop",
+        prepare=symlink_loop("c.yaml"),
+    ),
+    Case(
+        "config-yaml-nested-too-deeply",
+        ["train", "{d}/c.yaml", "--quiet"],
+        "{d}/c.yaml: invalid YAML: nested too deeply",
+        files={"c.yaml": "lora_target_modules: " + "[" * 5000 + "\n"},
+    ),
+    Case(
+        "config-toml-nested-too-deeply",
+        ["train", "{d}/c.toml", "--quiet"],
+        "{d}/c.toml: invalid TOML: nested too deeply",
+        files={"c.toml": "lora_target_modules = " + "[" * 100_000 + "\n"},
+    ),
+    Case(
+        "config-inf-lr-yaml",
+        ["train", "{d}/c.yaml", "--quiet"],
+        "{d}/c.yaml: learning_rate_multiplier = inf: Input should be a finite number",
+        files={"c.yaml": "learning_rate_multiplier: .inf\n"},
+    ),
+    Case(
+        "config-inf-alpha-toml",
+        ["train", "{d}/c.toml", "--quiet"],
+        "{d}/c.toml: lora_alpha = inf: Input should be a finite number",
+        files={"c.toml": "lora_alpha = inf\n"},
+    ),
+    Case(
+        "config-inf-weight-decay-env",
+        TRAIN,
+        "environment LORASWITCH_WEIGHT_DECAY: weight_decay = 'inf': Input should be a finite number",
+        env={"LORASWITCH_WEIGHT_DECAY": "inf"},
+    ),
+    Case(
+        "config-overflowing-float-flag",
+        TRAIN + ["--max_grad_norm", "1e999"],
+        "command line: max_grad_norm = '1e999': Input should be a finite number",
+    ),
+    Case(
+        "config-nan-stop-eval-loss-flag",
+        TRAIN + ["--stop_eval_loss", "nan"],
+        "command line: stop_eval_loss = 'nan': Input should be a finite number",
+    ),
+    Case(
+        "config-env-nested-too-deeply",
+        TRAIN,
+        "environment LORASWITCH_LORA_TARGET_MODULES: value nested too deeply",
+        env={"LORASWITCH_LORA_TARGET_MODULES": "[" * 5000},
+    ),
+    Case(
+        "config-json-never-prints-infinity",
+        ["config", "--lora_alpha", "inf", "--json"],
+        "command line: lora_alpha = 'inf': Input should be a finite number",
+    ),
+    # ------------------------------------------------------------ model: tokenizer ids past vocab_size
+    Case(
+        "model-tokenizer-ids-past-vocab",
+        TRAIN + ["--model", "{model}"],
+        "{model}/tokenizer.json: token '<|im_end|>' has id 258, outside the model's vocabulary "
+        "(config.json vocab_size 200); the tokenizer does not belong to this model",
+        prepare=small_vocab_model(),
+    ),
+    Case(
+        "model-added-token-at-vocab-size",
+        TRAIN + ["--model", "{model}"],
+        "{model}/tokenizer.json: token '<|im_end|>' has id 258, outside the model's vocabulary "
+        "(config.json vocab_size 258)",
+        prepare=small_vocab_model(258),
+    ),
+    Case(
+        "model-vocab-entry-past-vocab-size",
+        TRAIN + ["--model", "{model}"],
+        "{model}/tokenizer.json: token 'Ġhello' has id 600, outside the model's vocabulary (config.json vocab_size 512)",
+        prepare=model(vocab_entry_past_vocab),
+    ),
+    Case(
+        "generate-tokenizer-ids-past-vocab",
+        ["generate", "--model", "{model}", "--backend", "numpy", "hi"],
+        "{model}/tokenizer.json: token '<|im_end|>' has id 258, outside the model's vocabulary",
+        prepare=small_vocab_model(),
+    ),
+    Case(
+        "evaluate-tokenizer-ids-past-vocab",
+        ["evaluate", "--adapter", "{run}/adapter", "--data", "{d}/train.jsonl", "--model", "{model}", "--no_generate"],
+        "{model}/tokenizer.json: token '<|im_end|>' has id 258, outside the model's vocabulary",
+        prepare=small_vocab_model(),
+    ),
+    # ------------------------------------------------------------ model: weight dtypes
+    Case(
+        "model-int32-weights",
+        TRAIN + ["--model", "{model}"],
+        "{model}/model.safetensors: tensor 'model.embed_tokens.weight' has dtype I32; base weights must be "
+        "floating point (F32, F16, BF16, F64)",
+        prepare=model(retype_weights("int32")),
+    ),
+    Case(
+        "model-one-bool-tensor",
+        TRAIN + ["--model", "{model}"],
+        "{model}/model.safetensors: tensor 'model.norm.weight' has dtype BOOL",
+        prepare=model(retype_weights("bool", only="model.norm.weight")),
+    ),
+    Case(
+        "model-one-uint8-tensor",
+        TRAIN + ["--model", "{model}"],
+        "tensor 'model.layers.1.mlp.down_proj.weight' has dtype U8",
+        prepare=model(retype_weights("uint8", only="model.layers.1.mlp.down_proj.weight")),
+    ),
+    # ------------------------------------------------------------ model: config.json consistency and values
+    Case(
+        "model-type-contradicts-architecture",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: model_type 'gpt2' contradicts architectures ['LlamaForCausalLM']",
+        prepare=model(lambda m: edit_json(m / "config.json", model_type="gpt2")),
+    ),
+    Case(
+        "model-two-architectures",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: unsupported architecture ['LlamaForCausalLM', 'GPT2LMHeadModel']",
+        prepare=model(lambda m: edit_json(m / "config.json", architectures=["LlamaForCausalLM", "GPT2LMHeadModel"])),
+    ),
+    Case(
+        "model-config-float-overflows-to-inf",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: key 'rms_norm_eps' must be a finite number > 0, got inf",
+        prepare=model(lambda m: edit_text(m / "config.json", '"rms_norm_eps": 1e-05', '"rms_norm_eps": 1e999')),
+    ),
+    Case(
+        "model-config-infinity-literal",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: not valid JSON: Infinity is not a JSON number",
+        prepare=model(lambda m: edit_text(m / "config.json", '"rope_theta": 10000.0', '"rope_theta": Infinity')),
+    ),
+    Case(
+        "model-config-bool-for-int",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: key 'hidden_size' must be a positive integer, got True",
+        prepare=model(lambda m: edit_json(m / "config.json", hidden_size=True)),
+    ),
+    Case(
+        "model-config-nested-too-deeply",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: JSON nested 100000 levels deep",
+        prepare=model(lambda m: (m / "config.json").write_text(DEEP)),
+    ),
+    Case(
+        "model-config-lone-surrogate",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: a string holds the lone UTF-16 surrogate \\ud83d",
+        prepare=model(lambda m: edit_text(m / "config.json", '"llama"', '"llama\\ud83d"')),
+    ),
+    Case(
+        "model-attention-bias",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: attention_bias = true is not supported (Llama-family layers have no biases)",
+        prepare=model(lambda m: edit_json(m / "config.json", attention_bias=True)),
+    ),
+    Case(
+        "model-rope-type-unsupported",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: rope type 'yarn' is not supported (supported: default, linear, llama3)",
+        prepare=model(lambda m: edit_json(m / "config.json", rope_scaling={"rope_type": "yarn", "factor": 4.0})),
+    ),
+    Case(
+        "model-pad-id-past-vocab",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: key 'pad_token_id' = 512: token ids must be integers in [0, vocab_size 512)",
+        prepare=model(lambda m: edit_json(m / "config.json", pad_token_id=512)),
+    ),
+    Case(
+        "model-odd-head-dim",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: head_dim 15 (head_dim, or hidden_size / num_attention_heads) must be even",
+        prepare=model(lambda m: edit_json(m / "config.json", head_dim=15)),
+    ),
+    Case(
+        "model-kv-heads-not-a-divisor",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: num_attention_heads (4) must be a multiple of num_key_value_heads (3)",
+        prepare=model(lambda m: edit_json(m / "config.json", num_key_value_heads=3)),
+    ),
+    # ------------------------------------------------------------ model: files that are not files, headers
+    Case(
+        "model-config-fifo",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: file is a FIFO (named pipe), not a regular file",
+        prepare=fifo("model/config.json"),
+    ),
+    Case(
+        "model-tokenizer-fifo",
+        TRAIN + ["--model", "{model}"],
+        "{model}/tokenizer.json: file is a FIFO (named pipe), not a regular file",
+        prepare=fifo("model/tokenizer.json"),
+    ),
+    Case(
+        "model-weights-fifo",
+        TRAIN + ["--model", "{model}"],
+        "{model}/model.safetensors: weights file is a FIFO (named pipe), not a regular file",
+        prepare=fifo("model/model.safetensors"),
+    ),
+    Case(
+        "model-dir-symlink-loop",
+        TRAIN + ["--model", "{d}/loop"],
+        "{d}/loop: symlink loop",
+        prepare=symlink_loop("loop"),
+    ),
+    Case(
+        "model-unexpected-tensor",
+        TRAIN + ["--model", "{model}"],
+        "{model}/model.safetensors: unexpected tensor 'model.layers.0.mlp.extra_proj.weight'",
+        prepare=model(add_tensor),
+    ),
+    Case(
+        "model-header-nested-too-deeply",
+        TRAIN + ["--model", "{model}"],
+        "{model}/model.safetensors: JSON nested 203 levels deep",
+        prepare=model(rewrite_header(deep_header)),
+    ),
+    Case(
+        "model-header-unknown-dtype",
+        TRAIN + ["--model", "{model}"],
+        "has unknown dtype 'F7'",
+        prepare=model(rewrite_header(lambda h: first_tensor(h).update(dtype="F7"))),
+    ),
+    Case(
+        "model-header-length-disagrees-with-shape",
+        TRAIN + ["--model", "{model}"],
+        "bytes, but F32 [1] needs 4; the file is damaged",
+        prepare=model(rewrite_header(lambda h: first_tensor(h).update(shape=[1]))),
+    ),
+    Case(
+        "model-index-names-a-path-outside",
+        TRAIN + ["--model", "{model}"],
+        "{model}/model.safetensors.index.json: weight_map names '../train.jsonl', which is not a file in the model directory",
+        prepare=model(
+            lambda m: (m / "model.safetensors.index.json").write_text(
+                json.dumps({"weight_map": {"a": "../train.jsonl"}})
+            )
+        ),
+    ),
+    Case(
+        "model-tokenizer-config-nested-too-deeply",
+        TRAIN + ["--model", "{model}"],
+        "{model}/tokenizer_config.json: JSON nested 100000 levels deep",
+        prepare=model(lambda m: (m / "tokenizer_config.json").write_text(DEEP)),
+    ),
+    Case(
+        "model-tokenizer-config-lone-surrogate",
+        TRAIN + ["--model", "{model}"],
+        "{model}/tokenizer_config.json: a string holds the lone UTF-16 surrogate \\udead",
+        prepare=model(
+            lambda m: edit_text(m / "tokenizer_config.json", '"bos_token": "<|endoftext|>"', '"bos_token": "\\udead"')
+        ),
+    ),
+    # ------------------------------------------------------------ checkpoints: complete or damaged
+    Case(
+        "ckpt-trainer-state-deleted",
+        RESUME,
+        CKPT + "/trainer_state.json: missing; checkpoint " + CKPT + " " + RESUME_FROM_HINT,
+        prepare=checkpoint(lambda c: (c / "trainer_state.json").unlink()),
+    ),
+    Case(
+        "ckpt-emptied",
+        RESUME,
+        CKPT + "/trainer_state.json: missing; checkpoint " + CKPT + " " + RESUME_FROM_HINT,
+        prepare=checkpoint(lambda c: [p.unlink() for p in sorted(c.rglob("*"), reverse=True) if p.is_file()]),
+    ),
+    Case(
+        "ckpt-newest-is-a-file",
+        RESUME,
+        "{run}/checkpoints/step-000009: not a directory; checkpoint {run}/checkpoints/step-000009 is damaged; "
+        "to resume from the newest complete one instead, add --resume_from step-000004",
+        prepare=lambda ctx: (ctx.run / "checkpoints/step-000009").write_text("x"),
+    ),
+    Case(
+        "ckpt-manifest-names-a-file-outside",
+        RESUME,
+        "trainer_state.json: lists '../../config.yaml', which is not a file inside the checkpoint",
+        prepare=checkpoint(manifest_escapes),
+    ),
+    Case(
+        "ckpt-trainer-state-nan",
+        RESUME,
+        CKPT + "/trainer_state.json: not valid JSON: NaN is not a JSON number",
+        prepare=checkpoint(lambda c: edit_text(c / "trainer_state.json", '"elapsed_s": ', '"elapsed_s": NaN, "was": ')),
+    ),
+    Case(
+        "ckpt-trainer-state-nested-too-deeply",
+        RESUME,
+        CKPT + "/trainer_state.json: JSON nested 100000 levels deep",
+        prepare=checkpoint(lambda c: (c / "trainer_state.json").write_text(DEEP)),
+    ),
+    Case(
+        "ckpt-resume-from-unknown-step",
+        RESUME + ["--resume_from", "step-000003"],
+        "--resume_from step-000003: no such checkpoint in {run}/checkpoints (complete ones: step-000002, step-000004)",
+    ),
+    Case(
+        "ckpt-resume-from-a-damaged-one",
+        RESUME + ["--resume_from", "step-000002"],
+        "{run}/checkpoints/step-000002/adapter/adapter_model.safetensors: checksum differs from trainer_state.json",
+        prepare=lambda ctx: edit_bytes_keeping_size(
+            ctx.run / "checkpoints/step-000002/adapter/adapter_model.safetensors"
+        ),
+    ),
+    Case(
+        "resume-from-without-resume", TRAIN + ["--resume_from", "step-000002"], "--resume_from needs --resume RUN_DIR"
+    ),
+    # ------------------------------------------------------------ generate: a prompt that is not Unicode
+    Case(
+        "generate-prompt-lone-surrogate",
+        ["generate", "--model", "random:tiny", "--backend", "numpy", "w1 \udcff"],
+        "prompt: holds the lone UTF-16 surrogate \\udcff at character 3",
     ),
 ]
