@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "config": "config",
     "generate": "generate",
     "evaluate": "evaluate",
+    "merge": "merge",
+    "export": "export",
     "backends": "backends",
     "plugins": "plugins",
     "models": "models",
