@@ -77,7 +77,7 @@ def _file_type(dtype: str) -> int:
     return int({"f32": F.ALL_F32, "f16": F.MOSTLY_F16, "bf16": F.MOSTLY_BF16, "q8_0": F.MOSTLY_Q8_0}[dtype])
 
 
-def new_writer(path: Path, arch: str) -> Any:
+def new_writer(path: Path | None, arch: str) -> Any:
     """A gguf.GGUFWriter that also writes empty arrays (the package refuses them, but a BPE
     tokenizer without merges still needs the ``tokenizer.ggml.merges`` key for llama.cpp)."""
     import gguf
@@ -92,15 +92,24 @@ def new_writer(path: Path, arch: str) -> Any:
     return Writer(path, arch)
 
 
-def write_gguf_file(out: Path, arch: str, metadata: Callable[[Any], None], tensors: list[GGUFTensor]) -> None:
-    """Stage, write (metadata, tensor infos, then each tensor's data as it is computed), rename."""
+def write_gguf_file(
+    out: Path,
+    arch: str,
+    metadata: Callable[[Any], None],
+    tensors: list[GGUFTensor],
+    before_write: Callable[[], None] | None = None,
+) -> None:
+    """Collect the metadata and tensor infos (every check runs here, before any file exists),
+    call ``before_write``, then stage, write each tensor's data as it is computed, rename."""
+    writer = new_writer(None, arch)
+    metadata(writer)
+    for t in tensors:
+        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
+    if before_write is not None:
+        before_write()
     with staged_file(out) as tmp:
-        writer = new_writer(tmp, arch)
         try:
-            metadata(writer)
-            for t in tensors:
-                writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
-            writer.write_header_to_file()
+            writer.write_header_to_file(tmp)
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             for t in tensors:
@@ -164,7 +173,9 @@ def _merged_data(plan: MergePlan, family: GGUFFamily, p: Planned, qtype: Any) ->
     return out
 
 
-def export_gguf(plan: MergePlan, out: Path, dtype: str, name: str) -> int:
+def export_gguf(
+    plan: MergePlan, out: Path, dtype: str, name: str, before_write: Callable[[], None] | None = None
+) -> int:
     """Write the planned (merged) model as one GGUF file; returns the number of tensors."""
     from loraswitch.core.export.gguf_vocab import add_tokenizer
 
@@ -181,7 +192,7 @@ def export_gguf(plan: MergePlan, out: Path, dtype: str, name: str) -> int:
         family.hparams(w, plan.config)
         add_tokenizer(w, plan.base_dir, plan.config["vocab_size"])
 
-    write_gguf_file(out, family.arch, metadata, tensors)
+    write_gguf_file(out, family.arch, metadata, tensors, before_write)
     return len(tensors)
 
 
@@ -229,7 +240,9 @@ def lora_tensors(plan: MergePlan, family: GGUFFamily, dtype: str) -> list[GGUFTe
     return out
 
 
-def export_gguf_lora(plan: MergePlan, out: Path, dtype: str, name: str) -> int:
+def export_gguf_lora(
+    plan: MergePlan, out: Path, dtype: str, name: str, before_write: Callable[[], None] | None = None
+) -> int:
     """Write the adapter of ``plan`` as a llama.cpp LoRA GGUF; returns the number of tensors."""
     import gguf
 
@@ -247,5 +260,5 @@ def export_gguf_lora(plan: MergePlan, out: Path, dtype: str, name: str) -> int:
         w.add_quantization_version(_quant_version())
         w.add_file_type(_file_type(dtype))
 
-    write_gguf_file(out, family.arch, metadata, tensors)
+    write_gguf_file(out, family.arch, metadata, tensors, before_write)
     return len(tensors)

@@ -194,11 +194,25 @@ def merge_model(
     provenance: dict[str, Any] | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
 ) -> MergePlan:
-    """Merge ``adapter`` into the base in ``base_dir`` and write the model to ``out_dir``
-    (which must not exist, or is replaced as a whole; the caller checks --overwrite)."""
+    """Merge ``adapter`` into the base in ``base_dir`` and write the model to ``out_dir``."""
+    plan = MergePlan(base_dir, adapter, dtype)
+    write_merged_model(plan, out_dir, provenance=provenance, max_shard_bytes=max_shard_bytes)
+    return plan
+
+
+def write_merged_model(
+    plan: MergePlan,
+    out_dir: Path,
+    *,
+    provenance: dict[str, Any] | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> None:
+    """Write a planned merge to ``out_dir`` (which must not exist, or is replaced as a whole once
+    the new directory is complete; the caller checks --overwrite)."""
     from loraswitch.core.export.outputs import write_directory
 
-    plan = MergePlan(base_dir, adapter, dtype)
+    adapter = plan.adapter
+    assert adapter is not None
     record = {
         "adapter": str(adapter.directory),
         "scale": adapter.scale,
@@ -210,4 +224,3 @@ def merge_model(
         **(provenance or {}),
     }
     write_directory(Path(out_dir), lambda tmp: write_merged_dir(plan, tmp, record, max_shard_bytes))
-    return plan

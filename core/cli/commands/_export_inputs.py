@@ -25,6 +25,11 @@ class Inputs:
     base_dir: Path
     base_label: str
     fingerprint: str | None
+    warning: str | None = None  # shown once the inputs are known to be usable
+
+    def warn(self) -> None:
+        if self.warning:
+            print(f"warning: {self.warning}", file=sys.stderr)
 
 
 def add_input_arguments(p) -> None:
@@ -59,9 +64,7 @@ def resolve_inputs(args, *, adapter_required: bool = True) -> Inputs:
     if adapter_dir is None:
         return Inputs(None, base_dir, label, base_fingerprint(base_dir))
     warning = check_base(adapter_dir, base_dir, label, force=args.force)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    return Inputs(adapter_dir, base_dir, label, base_fingerprint(base_dir))
+    return Inputs(adapter_dir, base_dir, label, base_fingerprint(base_dir), warning)
 
 
 def resolve_base(model: str | None, run_model: str | None, adapter_dir: Path | None) -> tuple[Path, str]:

@@ -56,10 +56,10 @@ def run(args) -> int:
     check_target(out, overwrite=args.overwrite, kind="file")
     inputs = resolve_inputs(args, adapter_required=lora)
     adapter = read_adapter(inputs.adapter_dir) if inputs.adapter_dir is not None else None
-    plan = MergePlan(inputs.base_dir, adapter)
+    plan = MergePlan(inputs.base_dir, adapter)  # every shape checked before anything is written
     t0 = time.perf_counter()
     write = gguf_export.export_gguf_lora if lora else gguf_export.export_gguf
-    n = write(plan, out, dtype, args.name or out.stem)
+    n = write(plan, out, dtype, args.name or out.stem, before_write=inputs.warn)
     what = "adapter" if lora else ("merged model" if adapter else "model")
     size = out.stat().st_size / 1e6
     print(f"wrote {out} ({what}, {n} tensors, {dtype}, {size:,.1f} MB, {time.perf_counter() - t0:.1f} s)")

@@ -52,7 +52,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from loraswitch.core.cli.commands._export_inputs import read_adapter, resolve_inputs
-    from loraswitch.core.export.merge import merge_model
+    from loraswitch.core.export.merge import MergePlan, write_merged_model
     from loraswitch.core.export.outputs import check_target
 
     max_shard = parse_size(args.max_shard_size)
@@ -61,15 +61,11 @@ def run(args) -> int:
     inputs = resolve_inputs(args)
     assert inputs.adapter_dir is not None
     adapter = read_adapter(inputs.adapter_dir)
+    plan = MergePlan(inputs.base_dir, adapter, args.dtype)  # every shape checked before anything is written
+    inputs.warn()
     t0 = time.perf_counter()
-    plan = merge_model(
-        inputs.base_dir,
-        adapter,
-        out,
-        dtype=args.dtype,
-        provenance={"base": inputs.base_label, "base_fingerprint": inputs.fingerprint},
-        max_shard_bytes=max_shard,
-    )
+    provenance = {"base": inputs.base_label, "base_fingerprint": inputs.fingerprint}
+    write_merged_model(plan, out, provenance=provenance, max_shard_bytes=max_shard)
     merged = sum(p.lora is not None for p in plan.tensors)
     print(
         f"merged {merged} LoRA layers (scale {adapter.scale:g}) into {inputs.base_label}: "
