@@ -11,7 +11,7 @@ BACKEND ?= torch
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test install clean mutation
+.PHONY: demo test install clean mutation check-llama-cpp
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,20 @@ test: install
 mutation: $(VENV)/.installed
 	$(BIN)/python -m pip install -q cosmic-ray
 	bash tools/mutation.sh
+
+# Opt-in: llama.cpp itself runs the exported quickstart model (docs/export.md). Builds
+# llama-cpp-python from source into the venv (niced: it takes a while on a small machine),
+# trains the quickstart if RUN has no adapter yet, exports the merged GGUF and the base + LoRA
+# GGUFs, and compares llama.cpp's greedy answers on the held-out prompts with loraswitch's.
+RUN ?= runs/quickstart
+LLAMA_CPP_PYTHON ?= llama-cpp-python==0.3.36
+check-llama-cpp: $(VENV)/.installed
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || nice -n 10 $(BIN)/python -m pip install '$(LLAMA_CPP_PYTHON)'
+	test -f $(RUN)/adapter/adapter_config.json || $(BIN)/loraswitch quickstart --output_dir $(RUN)
+	$(BIN)/loraswitch export $(RUN) --format gguf --dtype f32 --out $(RUN)-merged.gguf --overwrite
+	$(BIN)/loraswitch export --model builtin:smollm2-135m --format gguf --dtype f32 --out $(RUN)-base.gguf --overwrite
+	$(BIN)/loraswitch export $(RUN) --format gguf-lora --out $(RUN)-lora.gguf --overwrite
+	$(BIN)/python tools/check_llama_cpp.py $(RUN) $(RUN)-merged.gguf $(RUN)-base.gguf $(RUN)-lora.gguf
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info

@@ -49,6 +49,7 @@ from loraswitch.backends.jax_flax.steps import Statics, compiled_functions
 from loraswitch.backends.jax_flax.trees import named_leaves, replace_leaves
 from loraswitch.backends.jax_flax.weights import load_weights, random_weights
 from loraswitch.core.errors import UserError
+from loraswitch.core.export.fingerprint import write_base_fingerprint
 from loraswitch.core.models.model_dir import validate_model_dir
 from loraswitch.core.training.parallel import check_divisible
 
@@ -281,6 +282,7 @@ class JaxBackend:
             base_model=self.source.name,
         )
         peft_format.save_adapter(Path(directory), lora, self.spec, config)
+        write_base_fingerprint(Path(directory), self.source.path, self.source.name)  # checked by `loraswitch merge`
 
     def load_adapter(self, directory: Path) -> None:
         self._require()

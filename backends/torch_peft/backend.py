@@ -28,6 +28,7 @@ from loraswitch.backends.torch_peft.loss import chunk_loss, chunk_loss_and_grad,
 from loraswitch.backends.torch_peft.model import Placement, check_target_modules, choose_placement, load_base_model
 from loraswitch.core.backend import LossValue
 from loraswitch.core.config import Config
+from loraswitch.core.export.fingerprint import write_base_fingerprint
 from loraswitch.core.training.parallel import mesh_sizes, shard_rows
 from loraswitch.core.types import Batch, MicroStep, ModelSource
 
@@ -268,6 +269,7 @@ class TorchBackend:
 
     def save_adapter(self, directory: Path) -> None:
         adapter.save_adapter(self.model, Path(directory), self.source.name)
+        write_base_fingerprint(Path(directory), self.source.path, self.source.name)  # checked by `loraswitch merge`
 
     def load_adapter(self, directory: Path) -> None:
         directory = Path(directory)

@@ -30,6 +30,8 @@ COMMANDS: dict[str, str] = {
     "generate": "generate",
     "evaluate": "evaluate",
     "report": "report",
+    "merge": "merge",
+    "export": "export",
     "backends": "backends",
     "plugins": "plugins",
     "models": "models",

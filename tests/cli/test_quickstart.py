@@ -52,6 +52,14 @@ def quickstart_run(tmp_path, monkeypatch, smollm2_cache, capsys):
     plugins.reset_plugin_manager()
 
 
+def test_quickstart_ends_with_the_merge_and_export_commands():
+    from loraswitch.core.cli.commands.quickstart import next_steps
+
+    text = next_steps("runs/quickstart")
+    assert "loraswitch merge runs/quickstart --out runs/quickstart-merged" in text
+    assert "loraswitch export runs/quickstart --format gguf --out runs/quickstart.gguf" in text
+
+
 def test_quickstart_writes_a_run_whose_adapter_loads_in_peft(quickstart_run, smollm2_cache):
     import torch
     from peft import PeftModel

@@ -91,6 +91,7 @@ def run(args) -> int:
         f"({config.backend} backend, {result['total_s']:.0f} s in all); run directory: {config.output_dir}"
     )
     print(f"report: {report}")
+    print(next_steps(str(config.output_dir)))
     return 0
 
 
@@ -104,6 +105,16 @@ def _samples(args, before: dict, after: dict) -> dict:
         "before": before["samples"],
         "after": after["samples"],
     }
+
+
+def next_steps(run_dir: str) -> str:
+    """The two commands that turn the run into a model other runtimes load (README "Merge and export")."""
+    stem = run_dir.rstrip("/")
+    return (
+        "\nmerge and export the adapter (docs/export.md):\n"
+        f"  loraswitch merge {run_dir} --out {stem}-merged                     # transformers, vLLM\n"
+        f"  loraswitch export {run_dir} --format gguf --out {stem}.gguf        # llama.cpp, Ollama"
+    )
 
 
 def _lora_keys(config) -> dict:

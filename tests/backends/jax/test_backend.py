@@ -376,6 +376,27 @@ def test_adapter_round_trip_in_peft_layout(tiny_dir, nonzero_adapter, tmp_path):
     assert config["target_modules"] == sorted(config["target_modules"]) and len(config["target_modules"]) == 7
 
 
+def test_saved_adapter_records_the_base_and_merges_to_the_same_logits(tiny_dir, nonzero_adapter, tmp_path):
+    """A jax-written adapter carries the base fingerprint, and `loraswitch merge`'s result, run
+    by transformers, computes the logits the jax backend computes with the adapter."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from loraswitch.core.export.adapter_source import read_lora_adapter
+    from loraswitch.core.export.fingerprint import base_fingerprint, read_base_fingerprint
+    from loraswitch.core.export.merge import merge_model
+
+    backend = load(tiny_dir, train=False, adapter=nonzero_adapter)
+    backend.save_adapter(tmp_path / "adapter")
+    assert read_base_fingerprint(tmp_path / "adapter") == base_fingerprint(tiny_dir)
+    merge_model(tiny_dir, read_lora_adapter(tmp_path / "adapter"), tmp_path / "merged")
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    b = batch(11, rows=1)
+    n = int(b.attention_mask[0].sum())
+    with torch.no_grad():
+        theirs = merged(torch.from_numpy(b.input_ids[:, :n].astype(np.int64))).logits.numpy()
+    assert np.abs(backend.logits(b)[:, :n] - theirs).max() < 1e-4
+
+
 def test_adapter_mismatches_are_named(tiny_dir, nonzero_adapter, tmp_path):
     other = load(tiny_dir, make_config(lora_r=2), train=False)
     with pytest.raises(UserError, match=r"adapter_config.json: r = 4 but this run has lora_r = 2"):

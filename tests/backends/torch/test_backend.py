@@ -259,7 +259,11 @@ def test_saved_adapter_loads_in_peft_with_the_same_logits(tiny, tmp_path):
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
+        "loraswitch_base.json",  # the base's fingerprint, checked by `loraswitch merge`
     ]
+    from loraswitch.core.export.fingerprint import base_fingerprint, read_base_fingerprint
+
+    assert read_base_fingerprint(tmp_path / "adapter") == base_fingerprint(tiny.path)
 
     base = LlamaForCausalLM.from_pretrained(str(tiny.path), dtype=torch.float32, attn_implementation="sdpa")
     model = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()

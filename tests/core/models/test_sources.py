@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
-from helpers.gguf_writer import F32, Q4_1, Q8_0, write_gguf
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
@@ -332,51 +332,65 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 # ---------------------------------------------------------------- GGUF
 
 
+def write_gguf(path: Path, arch: str, metadata, tensors: dict[str, tuple]) -> dict[str, np.ndarray]:
+    """Write a GGUF with the gguf package's own writer. ``metadata(writer)`` adds the keys;
+    ``tensors`` maps name -> (ggml type, float array). Returns what a correct reader must
+    dequantise each tensor to (the gguf package's dequantiser)."""
+    w = gguf.GGUFWriter(path, arch)
+    metadata(w)
+    expected = {}
+    for name, (qtype, arr) in tensors.items():
+        data = gguf.quants.quantize(arr, qtype)
+        w.add_tensor(name, data, raw_dtype=qtype)
+        expected[name] = gguf.quants.dequantize(data, qtype).reshape(arr.shape)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return expected
+
+
 def test_gguf_reader_metadata_and_dequantisation(tmp_path):
     rng = np.random.default_rng(0)
-    meta = {
-        "general.architecture": "test",
-        "general.alignment": 64,
-        "a.u8": 7,
-        "a.i16": -3,
-        "a.u64": 2**40,
-        "a.f64": 0.1,
-        "a.bool": True,
-        "a.strs": ["x", "héllo", ""],
-        "a.ints": [1, -2, 3],
-        "a.floats": [0.5, 1.5],
-        "a.nested": [[1, 2], [3]],
-    }
-    kinds = {
-        "general.alignment": "u32",
-        "a.u8": "u8",
-        "a.i16": "i16",
-        "a.u64": "u64",
-        "a.f64": "f64",
-        "a.ints": "i32",
-        "a.floats": "f32",
-    }
+    T, V = gguf.GGMLQuantizationType, gguf.GGUFValueType
+
+    def metadata(w):
+        w.add_custom_alignment(64)
+        w.add_uint8("a.u8", 7)
+        w.add_int16("a.i16", -3)
+        w.add_uint64("a.u64", 2**40)
+        w.add_float64("a.f64", 0.1)
+        w.add_bool("a.bool", True)
+        w.add_key_value("a.strs", ["x", "héllo", ""], V.ARRAY, sub_type=V.STRING)
+        w.add_key_value("a.ints", [1, -2, 3], V.ARRAY, sub_type=V.INT32)
+        w.add_key_value("a.floats", [0.5, 1.5], V.ARRAY, sub_type=V.FLOAT32)
+        w.add_key_value("a.nested", [[1, 2], [3]], V.ARRAY)
+
     tensors = {
-        "f": (F32, rng.standard_normal((3, 5)).astype(np.float32)),
-        "q8": (Q8_0, rng.standard_normal((4, 64)).astype(np.float32)),
-        "q4": (Q4_1, rng.standard_normal((2, 96)).astype(np.float32)),
-        "v": (F32, rng.standard_normal(7).astype(np.float32)),
+        "f": (T.F32, rng.standard_normal((3, 5)).astype(np.float32)),
+        "q8": (T.Q8_0, rng.standard_normal((4, 64)).astype(np.float32)),
+        "q4": (T.Q4_1, rng.standard_normal((2, 96)).astype(np.float32)),
+        "v": (T.F32, rng.standard_normal(7).astype(np.float32)),
     }
-    expected = write_gguf(tmp_path / "t.gguf", meta, tensors, kinds, alignment=64)
+    expected = write_gguf(tmp_path / "t.gguf", "test", metadata, tensors)
     g = GGUFFile(tmp_path / "t.gguf")
+    assert g.metadata["general.alignment"] == 64 and g.metadata["general.architecture"] == "test"
     assert g.metadata["a.strs"] == ["x", "héllo", ""] and g.metadata["a.ints"] == [1, -2, 3]
     assert g.metadata["a.u64"] == 2**40 and g.metadata["a.bool"] is True and g.metadata["a.i16"] == -3
     assert g.metadata["a.nested"] == [[1, 2], [3]] and g.metadata["a.floats"] == [0.5, 1.5]
+    assert g.metadata["a.u8"] == 7 and g.metadata["a.f64"] == 0.1
     assert g.tensors["q8"].type_name == "Q8_0" and g.tensors["q8"].shape == (4, 64)
+    assert g.tensors["q4"].type_name == "Q4_1" and g.tensors["q4"].shape == (2, 96)
     for name, (_, original) in tensors.items():
         out = g.tensor(name)
         assert out.dtype == np.float32 and out.shape == original.shape
-        np.testing.assert_array_equal(out, expected[name])
+        np.testing.assert_array_equal(out, expected[name])  # our dequantiser == the gguf package's
     assert np.abs(g.tensor("q8") - tensors["q8"][1]).max() < 0.05  # and the quantisation was sane
 
 
 def test_gguf_reader_rejects_damage(tmp_path):
-    write_gguf(tmp_path / "t.gguf", {"k": "v"}, {"w": (Q8_0, np.ones((2, 32), np.float32))})
+    q8 = {"w": (gguf.GGMLQuantizationType.Q8_0, np.ones((2, 32), np.float32))}
+    write_gguf(tmp_path / "t.gguf", "test", lambda w: w.add_string("k", "v"), q8)
     data = (tmp_path / "t.gguf").read_bytes()
     (tmp_path / "bad.gguf").write_bytes(b"GGML" + data[4:])
     with pytest.raises(UserError, match="not a GGUF file"):
@@ -395,67 +409,48 @@ def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _tiny_llama_gguf(path: Path, arch: str = "llama") -> tuple[dict, dict]:
-    """A tiny Llama GGUF made as llama.cpp would from random HF weights, and those weights."""
+    """A tiny Llama GGUF made as llama.cpp's converter would (the gguf package's writer and
+    tensor name table, q/k permuted) from random HF weights, and those weights."""
     from loraswitch.core.models.byte_tokenizer import _bytes_to_unicode
 
     config = shape_config("tiny")
     hf = random_weights(config, seed=5)
-    inv = {
-        "model.embed_tokens.weight": "token_embd.weight",
-        "model.norm.weight": "output_norm.weight",
-        "lm_head.weight": "output.weight",
-    }
-    names = {
-        "self_attn.q_proj": "attn_q",
-        "self_attn.k_proj": "attn_k",
-        "self_attn.v_proj": "attn_v",
-        "self_attn.o_proj": "attn_output",
-        "mlp.gate_proj": "ffn_gate",
-        "mlp.up_proj": "ffn_up",
-        "mlp.down_proj": "ffn_down",
-        "input_layernorm": "attn_norm",
-        "post_attention_layernorm": "ffn_norm",
-    }
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     tensors = {}
     for name, w in hf.items():
-        if name in inv:
-            g = inv[name]
-        else:
-            _, _, layer, *mod, _ = name.split(".")
-            g = f"blk.{layer}.{names['.'.join(mod)]}.weight"
         if name.endswith("q_proj.weight"):
             w = _llama_cpp_permute(w, config["num_attention_heads"])
         if name.endswith("k_proj.weight"):
             w = _llama_cpp_permute(w, config["num_key_value_heads"])
-        tensors[g] = (F32, w)
+        tensors[names.get_name(name, try_suffixes=(".weight",))] = (gguf.GGMLQuantizationType.F32, w)
     tokens = (
         ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
         + [_bytes_to_unicode()[b] for b in range(256)]
         + ["Ġt", "he", "Ġthe"]
     )
     tokens += [f"<pad{i}>" for i in range(config["vocab_size"] - len(tokens))]
-    meta = {
-        "general.architecture": arch,
-        "llama.block_count": 2,
-        "llama.context_length": 2048,
-        "llama.embedding_length": 64,
-        "llama.feed_forward_length": 128,
-        "llama.attention.head_count": 4,
-        "llama.attention.head_count_kv": 2,
-        "llama.rope.freq_base": 10000.0,
-        "llama.attention.layer_norm_rms_epsilon": 1e-5,
-        "llama.rope.dimension_count": 16,
-        "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": "smollm",
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": [3, 3, 3] + [1] * (len(tokens) - 3),
-        "tokenizer.ggml.merges": ["Ġ t", "h e", "Ġt he"],
-        "tokenizer.ggml.bos_token_id": 1,
-        "tokenizer.ggml.eos_token_id": 2,
-        "tokenizer.ggml.padding_token_id": 2,
-        "tokenizer.chat_template": CHATML_TEMPLATE,
-    }
-    write_gguf(path, meta, tensors, {"tokenizer.ggml.token_type": "i32"})
+
+    def metadata(w):
+        w.add_block_count(2)
+        w.add_context_length(2048)
+        w.add_embedding_length(64)
+        w.add_feed_forward_length(128)
+        w.add_head_count(4)
+        w.add_head_count_kv(2)
+        w.add_rope_freq_base(10000.0)
+        w.add_layer_norm_rms_eps(1e-5)
+        w.add_rope_dimension_count(16)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("smollm")
+        w.add_token_list(tokens)
+        w.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+        w.add_token_merges(["Ġ t", "h e", "Ġt he"])
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_pad_token_id(2)
+        w.add_chat_template(CHATML_TEMPLATE)
+
+    write_gguf(path, arch, metadata, tensors)
     return config, hf
 
 

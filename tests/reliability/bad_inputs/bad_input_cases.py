@@ -214,6 +214,60 @@ def first_tensor(header: dict) -> dict:
 DEEP = "[" * 100_000 + "]" * 100_000
 
 
+def tiny_adapter(**config_changes: Any) -> Callable[[Any], None]:
+    """prepare(): a PEFT adapter for the random:tiny model in {d}/adapter (q_proj and v_proj of
+    both layers, r = 2) with the base's fingerprint, as a backend writes it, but by numpy;
+    ``config_changes`` edit its adapter_config.json.
+    A ``"q_in": N`` change gives layer 0's q_proj lora_A N inputs instead of 64."""
+
+    def prepare(ctx: Any) -> None:
+        import numpy as np
+        from safetensors.numpy import save_file
+
+        changes = dict(config_changes)
+        q_in = changes.pop("q_in", 64)
+        rng = np.random.default_rng(0)
+        tensors = {}
+        for layer in (0, 1):
+            for module, out in (("q_proj", 64), ("v_proj", 32)):
+                key = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+                n_in = q_in if (layer, module) == (0, "q_proj") else 64
+                tensors[f"{key}.lora_A.weight"] = rng.normal(size=(2, n_in)).astype(np.float32)
+                tensors[f"{key}.lora_B.weight"] = rng.normal(size=(out, 2)).astype(np.float32)
+        adapter = ctx.d / "adapter"
+        adapter.mkdir(exist_ok=True)
+        save_file(tensors, str(adapter / "adapter_model.safetensors"))
+        config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"]}
+        config["base_model_name_or_path"] = str(ctx.model_dir())
+        (adapter / "adapter_config.json").write_text(json.dumps(dict(config, **changes)))
+        from loraswitch.core.export.fingerprint import write_base_fingerprint
+
+        write_base_fingerprint(adapter, ctx.model_dir(), "random:tiny")
+
+    return prepare
+
+
+def disk_full(ctx: Any) -> None:
+    """The third block the safetensors shard writer puts on disk fails with ENOSPC."""
+    import errno
+
+    from loraswitch.core.export import shards
+
+    calls = []
+
+    def write(f, data):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        f.write(data)
+
+    ctx.monkeypatch.setattr(shards, "write_bytes", write)
+
+
+def foreign_fingerprint(ctx: Any) -> None:
+    (ctx.d / "adapter" / "loraswitch_base.json").write_text(json.dumps({"fingerprint": "v1:" + "0" * 64}))
+
+
 DUPLICATE_NUMPY = """
 from loraswitch.core import hookimpl
 
@@ -711,6 +765,99 @@ CASES: list[Case] = [
         'backend "numpy" is registered by both plugin',
         prepare=plugin_package("numpy2", DUPLICATE_NUMPY),
         subprocess=True,
+    ),
+    # ------------------------------------------------------------ merge and export
+    Case(
+        "merge-adapter-of-another-model",
+        ["merge", "{run}", "--out", "{d}/merged"],
+        "LoRA module 'proj' has no base tensor 'proj.weight'",  # the numpy backend's toy model
+    ),
+    Case(
+        "merge-adapter-shape-does-not-fit",
+        ["merge", "--adapter", "{d}/adapter", "--out", "{d}/merged"],
+        "(lora_B [64, 2] x lora_A [2, 48]) does not fit base tensor 'model.layers.0.self_attn.q_proj.weight' F32 [64, 64]",
+        prepare=tiny_adapter(q_in=48),
+    ),
+    Case(
+        "merge-unknown-dtype",
+        ["merge", "--adapter", "{d}/adapter", "--out", "{d}/merged", "--dtype", "fp8"],
+        "argument --dtype: invalid choice: 'fp8'",
+        prepare=tiny_adapter(),
+    ),
+    Case(
+        "merge-output-exists",
+        ["merge", "--adapter", "{d}/adapter", "--out", "{d}/train.jsonl"],
+        "--out: {d}/train.jsonl exists; give --overwrite to replace it",
+        prepare=tiny_adapter(),
+    ),
+    Case(
+        "merge-disk-full",
+        ["merge", "--adapter", "{d}/adapter", "--out", "{d}/merged"],
+        "--out: cannot write {d}/merged (no space left on device); nothing was written",
+        prepare=both(tiny_adapter(), disk_full),
+    ),
+    Case(
+        "merge-base-fingerprint-differs",
+        ["merge", "--adapter", "{d}/adapter", "--out", "{d}/merged"],
+        "the adapter was trained on other base weights than {model}",
+        prepare=both(tiny_adapter(), foreign_fingerprint),
+    ),
+    Case(
+        "merge-dora-adapter",
+        ["merge", "--adapter", "{d}/adapter", "--out", "{d}/merged"],
+        "{d}/adapter/adapter_config.json: use_dora = True is not supported for merging",
+        prepare=tiny_adapter(use_dora=True),
+    ),
+    Case(
+        "merge-pickled-adapter",
+        ["merge", "--adapter", "{d}/adapter", "--out", "{d}/merged"],
+        "adapter_model.safetensors: missing (adapter_model.bin uses pickle, which loraswitch does not load)",
+        prepare=both(
+            tiny_adapter(),
+            lambda ctx: (ctx.d / "adapter" / "adapter_model.safetensors").rename(
+                ctx.d / "adapter" / "adapter_model.bin"
+            ),
+        ),
+    ),
+    Case(
+        "merge-base-without-weights",
+        ["merge", "--adapter", "{d}/adapter", "--model", "random:llama-8b", "--out", "{d}/merged"],
+        "model: random:llama-8b has no weights on disk",
+        prepare=tiny_adapter(),
+    ),
+    Case(
+        "merge-hub-base-name",
+        ["merge", "--adapter", "{d}/adapter", "--out", "{d}/merged"],
+        "the base 'meta-llama/Llama-3.2-1B' is not a local directory, builtin: or random: source; give --model SOURCE",
+        prepare=tiny_adapter(base_model_name_or_path="meta-llama/Llama-3.2-1B"),
+    ),
+    Case(
+        "merge-bad-shard-size",
+        ["merge", "{run}", "--out", "{d}/merged", "--max_shard_size", "lots"],
+        "--max_shard_size 'lots': expected a size such as 5GB",
+    ),
+    Case(
+        "export-unknown-format",
+        ["export", "{run}", "--format", "onnx", "--out", "{d}/m.onnx"],
+        "argument --format: invalid choice: 'onnx'",
+    ),
+    Case(
+        "export-lora-q8_0",
+        ["export", "--adapter", "{d}/adapter", "--format", "gguf-lora", "--dtype", "q8_0", "--out", "{d}/a.gguf"],
+        "--dtype q8_0: not available for --format gguf-lora; choose one of f32, f16, bf16",
+        prepare=tiny_adapter(),
+    ),
+    Case(
+        "export-out-is-a-directory",
+        ["export", "--adapter", "{d}/adapter", "--format", "gguf", "--out", "{d}", "--overwrite"],
+        "--out: {d} is a directory; give a file name such as {d}/model.gguf",
+        prepare=tiny_adapter(),
+    ),
+    Case(
+        "export-unsupported-architecture",
+        ["export", "--model", "{model}", "--format", "gguf", "--out", "{d}/m.gguf"],
+        "config.json: architecture ['GPT2LMHeadModel'] has no GGUF export yet",
+        prepare=model(lambda m: edit_json(m / "config.json", architectures=["GPT2LMHeadModel"])),
     ),
     # ------------------------------------------------------------ the output directory
     Case(
