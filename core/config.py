@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from loraswitch.core.errors import UserError
 
-DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DEFAULT_TARGET_MODULES = ["all-linear"]  # resolved per model family (core/models/families)
 
 
 class Config(BaseModel):
@@ -50,7 +50,8 @@ class Config(BaseModel):
     lora_target_modules: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TARGET_MODULES),
         min_length=1,
-        description="Linear layers that get LoRA, by module name.",
+        description="Linear layers that get LoRA, by module name (q_proj, ...), or all-linear: every linear "
+        "layer of the model family's decoder block (docs/models.md).",
     )
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by lora_alpha / sqrt(lora_r).")
     max_seq_len: int = Field(1024, gt=1, description="Examples longer than this are truncated (and counted).")

@@ -73,6 +73,9 @@ def test_wheel_lays_out_the_namespace(wheel):
         "loraswitch/plugins/metrics_file.py",
         "loraswitch/plugins/progress.py",
         "loraswitch/plugins/loss_plot.py",
+        "loraswitch/core/models/families/__init__.py",
+        "loraswitch/core/models/families/templates/qwen2_5.jinja",
+        "loraswitch/core/models/families/templates/qwen3.jinja",
     ):
         assert must in names, must
     assert "loraswitch/__init__.py" not in names  # loraswitch is a namespace package

@@ -2,7 +2,8 @@
 
 This is what a user would write instead of using loraswitch, so it stays deliberately plain:
 no torch.compile, no fused loss, no tricks. It mirrors the anchor that produced the published
-reference numbers (shared/anchors/hf_peft_reference.py): LlamaForCausalLM built from its config,
+reference numbers (shared/anchors/hf_peft_reference.py): the model's transformers class
+(LlamaForCausalLM, Qwen3ForCausalLM...) built from its config,
 SDPA attention, bf16 on CUDA (fp32 on CPU), ``get_peft_model``, fused AdamW on CUDA,
 ``(loss / accumulation_steps).backward()``, ``opt.step()``, ``opt.zero_grad()``.
 torch, transformers and peft are imported inside ``load`` so importing this module stays light.
@@ -29,7 +30,9 @@ class HFReference:
     def load(self) -> None:
         import torch
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from loraswitch.core.models import families
 
         s = self.settings
         self.torch = torch
@@ -38,20 +41,23 @@ class HFReference:
         if self.source.random_init:
             # The anchor's way: a model from its config, initialised by transformers on the device.
             torch.manual_seed(self.source.init_seed)
-            cfg = LlamaConfig.from_pretrained(self.source.path)
+            cfg = AutoConfig.from_pretrained(self.source.path)
             cfg._attn_implementation = "sdpa"
             with torch.device(self.device):
-                model = LlamaForCausalLM(cfg).to(dtype)
+                model = AutoModelForCausalLM.from_config(cfg).to(dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 self.source.path, dtype=dtype, attn_implementation="sdpa", use_safetensors=True
             ).to(self.device)
         torch.manual_seed(s.seed)
+        # all-linear means the block's linears here too (peft's own all-linear differs in corner cases).
+        family = families.check_config(self.source.config, self.source.path / "config.json")
+        targets = families.resolve_target_modules(family, s.lora_target_modules, also=("lm_head",))
         lora = LoraConfig(
             r=s.lora_r,
             lora_alpha=s.lora_alpha,
             lora_dropout=s.lora_dropout,
-            target_modules=list(s.lora_target_modules),
+            target_modules=targets,
             task_type="CAUSAL_LM",
         )
         self.model = get_peft_model(model, lora)

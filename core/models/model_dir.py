@@ -14,11 +14,9 @@ from typing import Any
 
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.json_file import read_json_object
-from loraswitch.core.models.shapes import tensor_shapes
+from loraswitch.core.models import families
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 INDEX_FILE = "model.safetensors.index.json"
-_REQUIRED_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
 def read_safetensors_header(path: Path) -> dict[str, Any]:
@@ -80,19 +78,13 @@ def read_config(path: Path) -> dict[str, Any]:
     )
 
 
-def check_config(config: dict[str, Any], file: Path) -> None:
-    archs = config.get("architectures") or []
-    if not isinstance(archs, list) or not any(a in SUPPORTED_ARCHITECTURES for a in archs):
-        raise UserError(
-            f"{file}: unsupported architecture {archs!r}; supported (Llama family): {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
-    for key in _REQUIRED_KEYS:
-        if not isinstance(config.get(key), int) or config[key] <= 0:
-            raise UserError(f"{file}: key {key!r} must be a positive integer, got {config.get(key)!r}")
+def check_config(config: dict[str, Any], file: Path) -> families.Family:
+    """The family registry's check (core/models/families): a supported architecture, its keys."""
+    return families.check_config(config, file)
 
 
 def validate_model_dir(path: str | Path, *, weights: bool = True) -> None:
-    """Raise UserError if ``path`` is not a loadable Llama-family HF directory. With
+    """Raise UserError if ``path`` is not a loadable HF directory of a supported family. With
     ``weights=False`` (random-init sources) the weight files are not required."""
     path = Path(path)
     if not path.is_dir():
@@ -117,25 +109,18 @@ def validate_model_dir(path: str | Path, *, weights: bool = True) -> None:
 
 
 def _check_shapes(config: dict[str, Any], found: dict[str, tuple[Path, list[int]]], path: Path) -> None:
-    """Compare the tensors most likely to reveal a wrong config (embedding, first and last layer)."""
-    expected = tensor_shapes(config)
-    last = config["num_hidden_layers"] - 1
+    """Compare the tensors most likely to reveal a wrong config: the embedding and every tensor
+    of the first and last layer (linears, biases, norms, as the family describes them)."""
+    spec = families.spec_from_config(config, path / "config.json", strict=False)
+    expected = spec.tensor_shapes()
     wanted = ["model.embed_tokens.weight"]
-    for layer in sorted({0, last}):
-        for mod in (
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-        ):
-            wanted.append(f"model.layers.{layer}.{mod}.weight")
+    for layer in sorted({0, spec.num_layers - 1}):
+        wanted += [f"model.layers.{layer}.{name}" for name in spec.layer_tensors()]
     for name in wanted:
         if name not in found:
             raise UserError(
-                f"{path}: tensor {name!r} is missing from the safetensors weights (config.json says {config['num_hidden_layers']} layers)"
+                f"{path}: tensor {name!r} is missing from the safetensors weights "
+                f"(config.json describes a {spec.num_layers}-layer {spec.architecture})"
             )
         file, shape = found[name]
         if tuple(shape) != expected[name]:
