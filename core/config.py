@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from loraswitch.core.errors import UserError
 
 DEFAULT_TARGET_MODULES = ["all-linear"]  # resolved per model family (core/models/families)
+# Names a chat template always receives from loraswitch; chat_template_kwargs may not replace them.
+RESERVED_TEMPLATE_ARGS = ("messages", "add_generation_prompt", "bos_token", "eos_token", "tools", "documents")
 
 
 class Config(BaseModel):
@@ -54,6 +56,11 @@ class Config(BaseModel):
         "layer of the model family's decoder block (docs/models.md).",
     )
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by lora_alpha / sqrt(lora_r).")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra arguments for the model's chat template, e.g. {enable_thinking: false} for Qwen3; used "
+        "in training, evaluation and generation and recorded with the adapter (loraswitch.json).",
+    )
     max_seq_len: int = Field(1024, gt=1, description="Examples longer than this are truncated (and counted).")
     packing: bool = Field(False, description="Pack several examples into each max_seq_len row instead of padding.")
     seed: int = Field(0, ge=0, description="Seeds the split, the data order, LoRA init and dropout.")
@@ -100,6 +107,16 @@ class Config(BaseModel):
     def _split_modules(cls, v: Any) -> Any:
         if isinstance(v, str):
             return [m.strip() for m in v.split(",") if m.strip()]
+        return v
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not name.isidentifier():
+                raise ValueError(f"{name!r} is not a template variable name")
+            if name in RESERVED_TEMPLATE_ARGS:
+                raise ValueError(f"{name!r} is set by loraswitch itself and cannot be overridden")
         return v
 
     @field_validator("*", mode="before")
