@@ -129,15 +129,18 @@ def test_failed_worker_is_reported_with_its_log_tail(tmp_path):
 # ---------------------------------------------------------------- one real run
 
 
-def test_bench_on_tiny_cpu_trains_every_system(tmp_path, capsys):
+@pytest.mark.parametrize("shape", ["tiny", "tiny-qwen3"])  # tiny-qwen3: the qwen3-* rows' code path
+def test_bench_on_tiny_cpu_trains_every_system(shape, tmp_path, capsys):
     known = runner.available_systems()
-    wanted = [HF_REFERENCE, "torch", "jax"] + (["numpy"] if "numpy" in known and known["numpy"] is None else [])
+    wanted = [HF_REFERENCE, "torch", "jax"]
+    if shape == "tiny" and "numpy" in known and known["numpy"] is None:
+        wanted.append("numpy")
     for name in wanted:
         assert name in known and known[name] is None, f"{name}: {known.get(name)}"
     out = tmp_path / "bench"
     argv = [
         "--shape",
-        "tiny",
+        shape,
         "--systems",
         ",".join(wanted),
         "--batch_size",
@@ -159,9 +162,9 @@ def test_bench_on_tiny_cpu_trains_every_system(tmp_path, capsys):
 
     data = json.loads((out / "results.json").read_text())
     assert set(data) >= {"settings", "model", "machine", "created", "problems", "systems"}
-    assert data["settings"]["shape"] == "tiny" and data["settings"]["precision"] == "fp32"
+    assert data["settings"]["shape"] == shape and data["settings"]["precision"] == "fp32"
     line = data["machine"]["command"]
-    assert line[:2] == ["loraswitch", "bench"] and line[line.index("--shape") + 1] == "tiny"
+    assert line[:2] == ["loraswitch", "bench"] and line[line.index("--shape") + 1] == shape
     assert data["machine"]["versions"]["numpy"]
     assert data["machine"]["environment"]["JAX_PLATFORMS"] == "cpu"  # set by conftest; switches are recorded
     assert data["problems"] == []
@@ -176,7 +179,7 @@ def test_bench_on_tiny_cpu_trains_every_system(tmp_path, capsys):
         assert r["ratio_to_hf_reference"] > 0
         assert (out / r["log"]).exists()
         losses[r["system"]] = r["loss"]
-    # hf-reference, torch and jax load the same random:tiny weights: on random tokens over a
+    # hf-reference, torch and jax load the same random:<shape> weights: on random tokens over a
     # 512-token vocabulary they all sit near ln(512) and agree with each other
     for system in (HF_REFERENCE, "torch", "jax"):
         assert abs(losses[system] - math.log(512)) < 0.1, (system, losses[system])
