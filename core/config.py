@@ -19,9 +19,11 @@ from loraswitch.core.files.config_text import load_toml, load_yaml
 from loraswitch.core.files.paths import read_bounded
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config file is a few hundred bytes; refuse reading a disk image
-DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DEFAULT_TARGET_MODULES = ["all-linear"]  # resolved per model family (core/models/families)
 Tracker = Literal["tensorboard", "mlflow", "wandb", "none"]
 _NO_TRACKER: list[Tracker] = ["none"]
+# Names a chat template always receives from loraswitch; chat_template_kwargs may not replace them.
+RESERVED_TEMPLATE_ARGS = ("messages", "add_generation_prompt", "bos_token", "eos_token", "tools", "documents")
 
 
 class Config(BaseModel):
@@ -59,9 +61,15 @@ class Config(BaseModel):
     lora_target_modules: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TARGET_MODULES),
         min_length=1,
-        description="Linear layers that get LoRA, by module name.",
+        description="Linear layers that get LoRA, by module name (q_proj, ...), or all-linear: every linear "
+        "layer of the model family's decoder block (docs/models.md).",
     )
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by lora_alpha / sqrt(lora_r).")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra arguments for the model's chat template, e.g. {enable_thinking: false} for Qwen3; used "
+        "in training, evaluation and generation and recorded with the adapter (loraswitch.json).",
+    )
     max_seq_len: int = Field(1024, gt=1, description="Examples longer than this are truncated (and counted).")
     packing: bool = Field(False, description="Pack several examples into each max_seq_len row instead of padding.")
     seed: int = Field(0, ge=0, description="Seeds the split, the data order, LoRA init and dropout.")
@@ -129,6 +137,16 @@ class Config(BaseModel):
         if "none" in chosen and len(chosen) > 1:
             raise ValueError("none means no tracker and cannot be combined with tracker names")
         return chosen or ["none"]
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not name.isidentifier():
+                raise ValueError(f"{name!r} is not a template variable name")
+            if name in RESERVED_TEMPLATE_ARGS:
+                raise ValueError(f"{name!r} is set by loraswitch itself and cannot be overridden")
+        return v
 
     @field_validator("*", mode="before")
     @classmethod

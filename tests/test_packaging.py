@@ -77,6 +77,9 @@ def test_wheel_lays_out_the_namespace(wheel):
         "loraswitch/plugins/mlflow_tracker.py",
         "loraswitch/plugins/wandb_tracker.py",
         "loraswitch/core/report/report.html.jinja",  # package data: the report's template
+        "loraswitch/core/models/families/__init__.py",
+        "loraswitch/core/models/families/templates/qwen2_5.jinja",
+        "loraswitch/core/models/families/templates/qwen3.jinja",
     ):
         assert must in names, must
     assert "loraswitch/__init__.py" not in names  # loraswitch is a namespace package

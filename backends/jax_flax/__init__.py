@@ -1,4 +1,4 @@
-"""The ``jax`` backend plugin: a hand-written Flax NNX Llama with LoRA and optax.MultiSteps.
+"""The ``jax`` backend plugin: a hand-written Flax NNX decoder (Llama, Mistral, Qwen2, Qwen3) with LoRA and optax.MultiSteps.
 
 Registered through the same hook as third-party backends. Nothing here imports jax: the
 factory imports the backend module only once ``--backend jax`` is chosen.
@@ -27,5 +27,5 @@ def register_backends(register):
         _create,
         requires=("jax", "flax", "optax"),
         extra="jax",
-        description="Flax NNX Llama + hand-written LoRA, optax.MultiSteps; bf16 + cuDNN attention on GPU",
+        description="Flax NNX decoder (Llama/Mistral/Qwen) + hand-written LoRA, optax.MultiSteps; bf16 + cuDNN attention on GPU",
     )

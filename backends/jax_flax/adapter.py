@@ -1,7 +1,8 @@
-"""PEFT-format adapters: the same files peft's ``save_pretrained`` writes for LlamaForCausalLM.
+"""PEFT-format adapters: the same files peft's ``save_pretrained`` writes for the transformers class.
 
 adapter_model.safetensors holds, per layer and targeted linear,
-``base_model.model.model.layers.N.<self_attn|mlp>.<name>.lora_A.weight`` [r, in] and
+``base_model.model.model.layers.N.<parent>.<name>.lora_A.weight`` [r, in] (the parent submodule
+from the family registry) and
 ``...lora_B.weight`` [out, r] in fp32; our stacked [L, in, r] / [L, r, out] arrays are transposed
 and split per layer. adapter_config.json carries the keys peft has read since 0.13 (newer keys
 such as ``peft_version`` are left out so older peft versions still load it).
@@ -15,22 +16,22 @@ from typing import Any
 
 import numpy as np
 
-from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, LlamaSpec
 from loraswitch.backends.jax_flax.weights import SafetensorsFiles
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.json_file import read_json_object
+from loraswitch.core.models.families import ALL_LINEAR, ModelSpec, linear_parent
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 def peft_key(layer: int, name: str, which: str) -> str:
-    return f"base_model.model.model.layers.{layer}.{LINEAR_PARENT[name]}.{name}.lora_{which}.weight"
+    return f"base_model.model.model.layers.{layer}.{linear_parent(name)}.{name}.lora_{which}.weight"
 
 
 def state_name(name: str, which: str) -> str:
     """Name of a LoRA array in the model's LoRA state (see trees.path_name)."""
-    return f"layers/{LINEAR_PARENT[name]}/{name}/lora_{which.lower()}"
+    return f"layers/{linear_parent(name)}/{name}/lora_{which.lower()}"
 
 
 def peft_config(
@@ -64,7 +65,7 @@ def peft_config(
     }
 
 
-def save_adapter(directory: Path, lora: dict[str, np.ndarray], spec: LlamaSpec, config: dict[str, Any]) -> None:
+def save_adapter(directory: Path, lora: dict[str, np.ndarray], spec: ModelSpec, config: dict[str, Any]) -> None:
     """``lora`` maps state names to host arrays; ``config`` is ``peft_config(...)``."""
     from safetensors.numpy import save_file
 
@@ -86,7 +87,7 @@ def read_adapter_config(directory: Path) -> dict[str, Any]:
     )
 
 
-def adapter_targets(config: dict[str, Any], file: Path) -> list[str]:
+def adapter_targets(config: dict[str, Any], file: Path, spec: ModelSpec) -> list[str]:
     """The targeted linear names of a PEFT LoRA config, refusing what this model cannot apply."""
     if config.get("peft_type", "LORA") != "LORA":
         raise UserError(f"{file}: peft_type {config.get('peft_type')!r} is not LORA")
@@ -103,17 +104,20 @@ def adapter_targets(config: dict[str, Any], file: Path) -> list[str]:
         if config.get(key):
             raise UserError(f"{file}: {key} is not supported by the jax backend (one r and lora_alpha for all modules)")
     targets = config.get("target_modules")
-    if targets == "all-linear":
-        return sorted(LINEAR_PARENT)
+    if targets == ALL_LINEAR:
+        return sorted(spec.linear_names)
     if not isinstance(targets, list) or not targets:
         raise UserError(f"{file}: target_modules must be a list of module names, got {targets!r}")
-    unknown = [t for t in targets if t not in LINEAR_PARENT]
+    unknown = [t for t in targets if t not in spec.linear_names]
     if unknown:
-        raise UserError(f"{file}: target_modules {unknown} are not Llama linear layers ({', '.join(LINEAR_PARENT)})")
+        raise UserError(
+            f"{file}: target_modules {unknown} are not linear layers of a {spec.architecture} block "
+            f"({', '.join(spec.linear_names)})"
+        )
     return sorted(targets)
 
 
-def load_adapter_arrays(directory: Path, spec: LlamaSpec, targets: list[str], r: int) -> dict[str, np.ndarray]:
+def load_adapter_arrays(directory: Path, spec: ModelSpec, targets: list[str], r: int) -> dict[str, np.ndarray]:
     """Stacked fp32 arrays by state name, every key and shape checked against the model."""
     file = directory / WEIGHTS_FILE
     if not file.is_file():

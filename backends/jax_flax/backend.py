@@ -1,4 +1,5 @@
-"""The ``jax`` backend: a hand-written Flax NNX Llama with LoRA, trained by a functional jitted step.
+"""The ``jax`` backend: a hand-written Flax NNX decoder (every family of core/models/families) with
+LoRA, trained by a functional jitted step.
 
 Flax's performance guide: ``nnx.jit`` walks the object graph in Python on every call. So the
 model is split once, at load, into a graph definition and two states — the LoRA arrays
@@ -33,7 +34,7 @@ from flax import nnx
 from loraswitch.backends.jax_flax import adapter as peft_format
 from loraswitch.backends.jax_flax import optimizer, processes
 from loraswitch.backends.jax_flax.lora import init_lora_a, lora_scaling
-from loraswitch.backends.jax_flax.model import Llama, empty_cache
+from loraswitch.backends.jax_flax.model import DecoderLM, empty_cache
 from loraswitch.backends.jax_flax.options import choose_options
 from loraswitch.backends.jax_flax.sharding import (
     Layout,
@@ -44,12 +45,12 @@ from loraswitch.backends.jax_flax.sharding import (
     replicate,
     to_host,
 )
-from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, spec_from_config
 from loraswitch.backends.jax_flax.steps import Statics, compiled_functions
 from loraswitch.backends.jax_flax.trees import named_leaves, replace_leaves
 from loraswitch.backends.jax_flax.weights import load_weights, random_weights
 from loraswitch.core.errors import UserError
 from loraswitch.core.export.fingerprint import write_base_fingerprint
+from loraswitch.core.models import families
 from loraswitch.core.models.model_dir import validate_model_dir
 from loraswitch.core.training.parallel import check_divisible
 
@@ -59,18 +60,6 @@ if TYPE_CHECKING:
 
 REMAT_VAR = "LORASWITCH_JAX_REMAT"  # options.py
 _GENERATE_BUCKET = 64  # prompt and cache lengths are rounded up to this, so generate compiles rarely
-
-
-def resolve_targets(modules: list[str]) -> list[str]:
-    if modules == ["all-linear"]:
-        return sorted(LINEAR_PARENT)
-    unknown = [m for m in modules if m not in LINEAR_PARENT]
-    if unknown:
-        raise UserError(
-            f"lora_target_modules: {unknown} are not linear layers of a Llama block; "
-            f"choose from {', '.join(LINEAR_PARENT)} (or all-linear)"
-        )
-    return sorted(set(modules))
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -96,8 +85,10 @@ class JaxBackend:
     def load(self, model: ModelSource, config: Config, *, train: bool = True) -> None:
         self.source, self.config = model, config
         validate_model_dir(model.path, weights=not model.random_init)  # the check every backend shares
-        self.spec = spec_from_config(model.config, model.path / "config.json")
-        self.targets = resolve_targets(list(config.lora_target_modules))
+        file = model.path / "config.json"
+        self.family = families.check_config(model.config, file)
+        self.spec = self.family.spec(model.config, file)  # strict: refuses what this model does not compute
+        self.targets = families.resolve_target_modules(self.family, config.lora_target_modules)
         processes.initialize()  # before anything touches a device
         self.layout: Layout = make_layout(config.mesh) if train else inference_layout(config.mesh)
         if train:
@@ -121,7 +112,7 @@ class JaxBackend:
             else load_weights(model.path, self.spec, dtype, self.layout)
         )
         lora = replicate(self._init_lora(config.seed), self.layout)
-        module = Llama(
+        module = DecoderLM(
             self.spec,
             self.options,
             weights,
@@ -289,7 +280,7 @@ class JaxBackend:
         directory = Path(directory)
         config = peft_format.read_adapter_config(directory)
         file = directory / peft_format.CONFIG_FILE
-        targets = peft_format.adapter_targets(config, file)
+        targets = peft_format.adapter_targets(config, file, self.spec)
         ours = {"r": self.rank, "lora_alpha": self.config.lora_alpha, "use_rslora": self.config.use_rslora}
         keys = {"r": "lora_r", "lora_alpha": "lora_alpha", "use_rslora": "use_rslora"}
         defaults = {"r": 8, "lora_alpha": 8, "use_rslora": False}  # peft's defaults for absent keys
@@ -359,7 +350,9 @@ class JaxBackend:
             "parallel": self.layout.describe(),
             "mesh": {"data": self.layout.data, "fsdp": self.layout.fsdp},
             "precision": "bf16" if self.options.dtype == "bfloat16" else "fp32",
-            "attention": self.options.attention,
+            "architecture": self.spec.architecture,
+            # Windows that differ between layers always take XLA's kernel with an explicit mask (model.py).
+            "attention": "xla (per-layer sliding windows)" if self.spec.mixed_windows else self.options.attention,
             "remat": self.options.remat,
             "loss_chunk_tokens": self.options.loss_chunk,
             "params_total": trainable + frozen,

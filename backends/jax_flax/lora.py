@@ -1,8 +1,8 @@
 """A linear layer with a frozen base kernel and a trainable low-rank update, as peft defines it:
 
-    y = x @ W + (dropout(x) @ A @ B) * scaling,   scaling = alpha / r   (alpha / sqrt(r) with rsLoRA)
+    y = x @ W + bias + (dropout(x) @ A @ B) * scaling,   scaling = alpha / r   (alpha / sqrt(r) with rsLoRA)
 
-W is an ``nnx.Param`` kept in the compute dtype; A [in, r] and B [r, out] are ``nnx.LoRAParam``
+W and the optional bias (Qwen2's q/k/v) are ``nnx.Param`` kept in the compute dtype; A [in, r] and B [r, out] are ``nnx.LoRAParam``
 kept in fp32 (optimizer precision) and cast to the compute dtype for the matmuls. Splitting the
 model with the ``nnx.LoRAParam`` filter is what puts only A and B in the optimizer.
 
@@ -10,7 +10,8 @@ model with the ``nnx.LoRAParam`` filter is what puts only A and B in the optimiz
 as one matrix product: [x | x_A] @ [[W_q W_k W_v]; blockdiag(B_q, B_k, B_v) * scaling]. The
 LoRA B products and their additions to the base outputs disappear into that one product, x is
 read once instead of three times, and in backward one product gives the input gradient of all
-of them (docs/bench/NOTES.md has what it was predicted to save and what it saved).
+of them (docs/bench/NOTES.md has what it was predicted to save and what it saved). Biases are
+added to the fused output as one concatenated vector (zeros for a linear without one).
 """
 
 from __future__ import annotations
@@ -65,10 +66,12 @@ class LoRALinear(nnx.Module):
         lora_a: jax.Array | None = None,
         lora_b: jax.Array | None = None,
         *,
+        bias: jax.Array | None = None,
         scaling: float = 1.0,
         dropout_rate: float = 0.0,
     ):
         self.kernel = nnx.Param(kernel)
+        self.bias = nnx.Param(bias) if bias is not None else None
         self.lora_a = nnx.LoRAParam(lora_a) if lora_a is not None else None
         self.lora_b = nnx.LoRAParam(lora_b) if lora_b is not None else None
         self.scaling = scaling
@@ -81,6 +84,8 @@ class LoRALinear(nnx.Module):
     def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
         kernel = self.kernel[...]
         y = x @ kernel
+        if self.bias is not None:
+            y = y + self.bias[...]
         if self.lora_a is None:
             return y
         a = self.lora_a[...].astype(x.dtype)
@@ -107,8 +112,18 @@ def fused_projections(x: jax.Array, linears: Sequence[LoRALinear], keys: Sequenc
             )
         b_rows = _block_rows(linears, widths, x.dtype)
         y = lora_matmul(x, xa, kernel, b_rows)
+    if any(lin.bias is not None for lin in linears):
+        y = y + _biases(linears, widths, y.dtype)
     y = checkpoint_name(y, FUSED_NAME)
     return [y] if len(widths) == 1 else jnp.split(y, np.cumsum(widths)[:-1].tolist(), axis=-1)
+
+
+def _biases(linears: Sequence[LoRALinear], widths: list[int], dtype) -> jax.Array:
+    """The linears' biases end to end, zeros where a linear has none (Qwen2: q, k, v all have one)."""
+    parts = [
+        lin.bias[...].astype(dtype) if lin.bias is not None else jnp.zeros(w, dtype) for lin, w in zip(linears, widths)
+    ]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
 def _block_rows(linears: Sequence[LoRALinear], widths: list[int], dtype) -> jax.Array:

@@ -1,4 +1,7 @@
-"""A Llama-family decoder in Flax NNX, written to match transformers' LlamaForCausalLM number for number.
+"""The decoder of every supported family in Flax NNX, written to match transformers number for
+number: shared blocks (attention with optional q/k/v biases and per-head q/k RMSNorm, rope, the
+gated MLP, RMSNorm, the layer scan) that the family's ``ModelSpec`` (core/models/families)
+configures. A family is a description, not a copy of this file.
 
 The decoder blocks are *one* ``Block`` whose every weight carries a leading layer axis; the
 forward pass splits it once and runs ``jax.lax.scan`` over the stacked state, so XLA compiles
@@ -7,7 +10,10 @@ one block whatever the depth. Module and attribute names follow the HF module pa
 
 Attention is ``jax.nn.dot_product_attention``: the cuDNN kernel on GPU (causal only: with right
 padding, real tokens never attend to the pad tokens after them, and pad positions carry no loss),
-XLA's elsewhere (causal plus a key-padding mask, so even pad positions match HF's logits).
+XLA's elsewhere (causal plus a key-padding mask, so even pad positions match HF's logits). A
+sliding window shared by every layer (Mistral) is the kernel's static local window; windows that
+differ between layers (Qwen2/Qwen3 with ``use_sliding_window``) ride through the layer scan as
+one number per layer and become an explicit mask on XLA's kernel, whatever ``attention`` says.
 """
 
 from __future__ import annotations
@@ -17,74 +23,89 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from loraswitch.backends.jax_flax.lora import FUSED_NAME, LoRALinear, fused_projections
 from loraswitch.backends.jax_flax.options import Options
 from loraswitch.backends.jax_flax.rope import apply_rope, cos_sin, inv_frequencies
-from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, LlamaSpec
+from loraswitch.core.models.families import ModelSpec
 from loraswitch.core.types import IGNORE_INDEX
 
 Cache = tuple[jax.Array, jax.Array]  # keys, values [layers, B, S, kv_heads, head_dim]
+FULL_WINDOW = 2**30  # a full-attention layer among sliding ones: a window no sequence reaches
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """HF LlamaRMSNorm: normalise in fp32, cast back, then scale."""
+    """HF's RMSNorm (Llama, Qwen2, Qwen3, also on q/k heads): normalise in fp32, cast back, then scale."""
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return weight * normed.astype(x.dtype)
 
 
-def _key(keys: list[jax.Array] | None, i: int) -> jax.Array | None:
-    return None if keys is None else keys[i]
-
-
-def _project(options: Options, x: jax.Array, linears: tuple[LoRALinear, ...], keys, indices) -> list[jax.Array]:
-    """The linears that read the same ``x`` (q, k, v; gate, up), with dropout keys ``keys[i]``
-    (``i`` in ``indices``, the linear's fixed number in the block): one fused product, or one
-    call per linear. o_proj and down_proj stay single: concatenating their input with x @ A
-    would copy a whole activation (8192 wide for down_proj) to save a narrower output's add."""
-    layer_keys = [_key(keys, i) for i in indices]
+def _project(options: Options, x: jax.Array, linears: tuple[LoRALinear, ...], keys: list) -> list[jax.Array]:
+    """The linears that read the same ``x`` (q, k, v; gate, up), with their dropout keys: one
+    fused product, or one call per linear. o_proj and down_proj stay single: concatenating their
+    input with x @ A would copy a whole activation (8192 wide for down_proj) to save a narrower
+    output's add."""
     if options.fuse:
-        return fused_projections(x, linears, layer_keys)
-    return [linear(x, key) for linear, key in zip(linears, layer_keys)]
+        return fused_projections(x, linears, keys)
+    return [linear(x, key) for linear, key in zip(linears, keys)]
+
+
+def _optional_param(value: jax.Array | None) -> nnx.Param | None:
+    return None if value is None else nnx.Param(value)
 
 
 class Attention(nnx.Module):
-    def __init__(self, spec: LlamaSpec, options: Options, linears: dict[str, LoRALinear]):
+    """Grouped-query attention with rope; q/k/v biases live in the linears, ``q_norm``/``k_norm``
+    (RMSNorm over head_dim of every head, before rope) are present when the spec has qk_norm."""
+
+    def __init__(self, spec: ModelSpec, options: Options, linears: dict[str, LoRALinear], norms: dict[str, Any]):
         self.q_proj, self.k_proj = linears["q_proj"], linears["k_proj"]
         self.v_proj, self.o_proj = linears["v_proj"], linears["o_proj"]
+        self.q_norm = _optional_param(norms.get("self_attn.q_norm.weight"))
+        self.k_norm = _optional_param(norms.get("self_attn.k_norm.weight"))
         self.spec, self.options = spec, options
 
-    def __call__(self, x, cos, sin, key_mask, keys, cache: Cache | None, start) -> tuple[jax.Array, Cache | None]:
+    def __call__(self, x, cos, sin, key_mask, keys, cache: Cache | None, start, window):
         s = self.spec
         B, T, _ = x.shape
-        q, k, v = _project(self.options, x, (self.q_proj, self.k_proj, self.v_proj), keys, (0, 1, 2))
+        q, k, v = _project(
+            self.options, x, (self.q_proj, self.k_proj, self.v_proj), [keys(n) for n in ("q_proj", "k_proj", "v_proj")]
+        )
         q = q.reshape(B, T, s.num_heads, s.head_dim)
         k = k.reshape(B, T, s.num_kv_heads, s.head_dim)
         v = v.reshape(B, T, s.num_kv_heads, s.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = rms_norm(q, self.q_norm[...], s.rms_norm_eps), rms_norm(k, self.k_norm[...], s.rms_norm_eps)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (checkpoint_name(t, "qkv") for t in (q, k, v))
         if cache is None:
-            out, new_cache = self._attend(q, k, v, key_mask), None
+            out, new_cache = self._attend(q, k, v, key_mask, window), None
         else:
-            out, new_cache = self._attend_cached(q, k, v, cache, start)
+            out, new_cache = self._attend_cached(q, k, v, cache, start, window)
         out = checkpoint_name(out.reshape(B, T, s.num_heads * s.head_dim), "attn_out")
-        return self.o_proj(out, _key(keys, 3)), new_cache
+        return self.o_proj(out, keys("o_proj")), new_cache
 
-    def _attend(self, q, k, v, key_mask):
+    def _attend(self, q, k, v, key_mask, window):
         T = q.shape[1]
-        window = self.spec.sliding_window
-        # Only passed when it matters (Mistral-style windows shorter than the sequence), which
-        # also keeps jax versions without ``local_window_size`` working for Llama.
-        extra = {"local_window_size": (window - 1, 0)} if window is not None and T > window else {}
+        if window is not None:  # this layer's own window (traced): an explicit mask
+            pos = jnp.arange(T)
+            mask = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - window)
+            mask = mask[None, None] if key_mask is None else mask[None, None] & key_mask[:, None, None, :].astype(bool)
+            return jax.nn.dot_product_attention(q, k, v, mask=mask)
+        shared = self.spec.sliding_window
+        # Only passed when it matters (windows shorter than the sequence), which also keeps jax
+        # versions without ``local_window_size`` working for full attention.
+        extra = {"local_window_size": (shared - 1, 0)} if shared is not None and T > shared else {}
         if self.options.attention == "cudnn":
             return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn", **extra)
         mask = None if key_mask is None else key_mask[:, None, None, :].astype(bool)
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, **extra)
 
-    def _attend_cached(self, q, k, v, cache: Cache, start):
+    def _attend_cached(self, q, k, v, cache: Cache, start, window):
         """Write this chunk's keys/values at ``start`` and attend over the whole cache, masking
         the slots after each query's own position (they hold stale or padding entries)."""
         ck, cv = cache
@@ -93,51 +114,51 @@ class Attention(nnx.Module):
         q_pos = start + jnp.arange(q.shape[1])
         k_pos = jnp.arange(ck.shape[1])
         mask = k_pos[None, :] <= q_pos[:, None]
-        if self.spec.sliding_window is not None:
-            mask &= k_pos[None, :] > q_pos[:, None] - self.spec.sliding_window
+        window = self.spec.sliding_window if window is None else window
+        if window is not None:
+            mask &= k_pos[None, :] > q_pos[:, None] - window
         out = jax.nn.dot_product_attention(q, ck, cv, mask=mask[None, None])
         return out, (ck, cv)
 
 
 class MLP(nnx.Module):
+    """The gated MLP: down(silu(gate(x)) * up(x))."""
+
     def __init__(self, options: Options, linears: dict[str, LoRALinear]):
         self.gate_proj, self.up_proj, self.down_proj = linears["gate_proj"], linears["up_proj"], linears["down_proj"]
         self.options = options
 
     def __call__(self, x, keys):
-        gate, up = _project(self.options, x, (self.gate_proj, self.up_proj), keys, (4, 5))
+        gate, up = _project(self.options, x, (self.gate_proj, self.up_proj), [keys("gate_proj"), keys("up_proj")])
         hidden = checkpoint_name(jax.nn.silu(gate) * up, "mlp_hidden")
-        return self.down_proj(hidden, _key(keys, 6))
+        return self.down_proj(hidden, keys("down_proj"))
 
 
 class Block(nnx.Module):
-    """All decoder layers at once: every array has a leading [layers] axis until scanned."""
+    """All decoder layers at once: every array has a leading [layers] axis until scanned.
+    ``norms`` maps the layer's HF norm names (``input_layernorm.weight``...) to stacked scales."""
 
-    def __init__(
-        self,
-        spec: LlamaSpec,
-        options: Options,
-        input_layernorm,
-        post_attention_layernorm,
-        linears: dict[str, LoRALinear],
-    ):
-        self.input_layernorm = nnx.Param(input_layernorm)
-        self.post_attention_layernorm = nnx.Param(post_attention_layernorm)
-        self.self_attn = Attention(spec, options, linears)
+    def __init__(self, spec: ModelSpec, options: Options, norms: dict[str, Any], linears: dict[str, LoRALinear]):
+        self.input_layernorm = nnx.Param(norms["input_layernorm.weight"])
+        self.post_attention_layernorm = nnx.Param(norms["post_attention_layernorm.weight"])
+        self.self_attn = Attention(spec, options, linears, norms)
         self.mlp = MLP(options, linears)
         self.eps = spec.rms_norm_eps
+        self.linear_names = spec.linear_names
 
-    def __call__(self, x, cos, sin, key_mask, key, cache, start):
-        keys = None if key is None else [jax.random.fold_in(key, i) for i in range(7)]
+    def __call__(self, x, cos, sin, key_mask, key, cache, start, window=None):
+        # One dropout key per linear, numbered by its place in the block (as peft draws one mask per module).
+        numbers = {name: i for i, name in enumerate(self.linear_names)}
+        keys = (lambda name: None) if key is None else (lambda name: jax.random.fold_in(key, numbers[name]))
         attn, new_cache = self.self_attn(
-            rms_norm(x, self.input_layernorm[...], self.eps), cos, sin, key_mask, keys, cache, start
+            rms_norm(x, self.input_layernorm[...], self.eps), cos, sin, key_mask, keys, cache, start, window
         )
         x = x + attn
         x = x + self.mlp(rms_norm(x, self.post_attention_layernorm[...], self.eps), keys)
         return x, new_cache
 
 
-def empty_cache(spec: LlamaSpec, dtype, batch: int, length: int) -> Cache:
+def empty_cache(spec: ModelSpec, dtype, batch: int, length: int) -> Cache:
     shape = (spec.num_layers, batch, length, spec.num_kv_heads, spec.head_dim)
     return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 
@@ -159,17 +180,20 @@ def _remat(fn, policy: str):
     return jax.checkpoint(fn, prevent_cse=False, policy=jax.checkpoint_policies.save_only_these_names(*names))
 
 
-class Llama(nnx.Module):
+class DecoderLM(nnx.Module):
     """Embeddings, the scanned block, final norm and (tied or untied) lm_head.
 
-    ``weights`` holds base arrays in the compute dtype: embed_tokens [V, d], norm [d],
-    lm_head [V, d] (absent when tied), input_layernorm / post_attention_layernorm [L, d] and one
-    [L, in, out] kernel per linear. ``lora`` maps targeted linear names to (A [L, in, r], B [L, r, out]).
+    ``weights`` holds base arrays in the compute dtype under their HF names: the whole-model
+    ``model.embed_tokens.weight`` [V, d], ``model.norm.weight`` [d], ``lm_head.weight`` [V, d]
+    (absent when tied), and per layer, under the name inside ``model.layers.N.``, arrays
+    stacked over layers: linear kernels [L, in, out] (transposed from HF), biases [L, out],
+    norm scales [L, d] or [L, head_dim]. ``lora`` maps targeted linear names to
+    (A [L, in, r], B [L, r, out]).
     """
 
     def __init__(
         self,
-        spec: LlamaSpec,
+        spec: ModelSpec,
         options: Options,
         weights: dict[str, jax.Array],
         lora: dict[str, tuple[jax.Array, jax.Array]],
@@ -178,18 +202,33 @@ class Llama(nnx.Module):
         dropout_rate: float,
     ):
         self.spec, self.options = spec, options
-        self.embed_tokens = nnx.Param(weights["embed_tokens"])
-        self.norm = nnx.Param(weights["norm"])
-        self.lm_head = None if spec.tie_word_embeddings else nnx.Param(weights["lm_head"])
+        self.embed_tokens = nnx.Param(weights["model.embed_tokens.weight"])
+        self.norm = nnx.Param(weights["model.norm.weight"])
+        self.lm_head = None if spec.tie_word_embeddings else nnx.Param(weights["lm_head.weight"])
         linears = {}
-        for name in LINEAR_PARENT:
+        for name in spec.linear_names:
             a, b = lora.get(name, (None, None))
-            linears[name] = LoRALinear(weights[name], a, b, scaling=scaling, dropout_rate=dropout_rate)
-        self.layers = Block(spec, options, weights["input_layernorm"], weights["post_attention_layernorm"], linears)
+            prefix = f"{spec.parent(name)}.{name}"
+            linears[name] = LoRALinear(
+                weights[f"{prefix}.weight"],
+                a,
+                b,
+                bias=weights.get(f"{prefix}.bias"),
+                scaling=scaling,
+                dropout_rate=dropout_rate,
+            )
+        norms = {name: weights[name] for name in spec.layer_tensors() if name.endswith("norm.weight")}
+        self.layers = Block(spec, options, norms, linears)
 
     @property
     def dtype(self):
         return jnp.dtype(self.options.dtype)
+
+    def _layer_windows(self) -> jax.Array | None:
+        """One window per layer when they differ (scanned with the layers), else None."""
+        if not self.spec.mixed_windows:
+            return None
+        return jnp.asarray(np.array([w or FULL_WINDOW for w in self.spec.layer_windows], np.int32))
 
     def hidden_states(
         self,
@@ -209,11 +248,12 @@ class Llama(nnx.Module):
         layer_keys = None if dropout_key is None else jax.random.split(dropout_key, self.spec.num_layers)
 
         def one_layer(x, per_layer):
-            layer_state, key, layer_cache = per_layer
+            layer_state, key, layer_cache, window = per_layer
             block = nnx.merge(graphdef, layer_state)
-            return block(x, cos, sin, key_mask, key, layer_cache, start)
+            return block(x, cos, sin, key_mask, key, layer_cache, start, window)
 
-        x, new_cache = jax.lax.scan(_remat(one_layer, self.options.remat), x, (stacked, layer_keys, cache))
+        scanned = (stacked, layer_keys, cache, self._layer_windows())
+        x, new_cache = jax.lax.scan(_remat(one_layer, self.options.remat), x, scanned)
         return rms_norm(x, self.norm[...], self.spec.rms_norm_eps), new_cache
 
     def output_embedding(self) -> jax.Array:

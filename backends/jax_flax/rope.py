@@ -12,7 +12,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from loraswitch.backends.jax_flax.spec import RopeSpec
+from loraswitch.core.models.families import RopeSpec
 
 
 def inv_frequencies(rope: RopeSpec, head_dim: int) -> np.ndarray:
@@ -20,8 +20,10 @@ def inv_frequencies(rope: RopeSpec, head_dim: int) -> np.ndarray:
     inv = (np.float32(1.0) / (np.float32(rope.theta) ** exponents)).astype(np.float32)
     if rope.kind == "linear":
         return (inv / np.float32(rope.factor)).astype(np.float32)
-    if rope.kind != "llama3":
+    if rope.kind == "default":
         return inv
+    if rope.kind != "llama3":  # the spec's strict check refuses these first, naming config.json
+        raise ValueError(f"rope type {rope.kind!r} is not implemented")
     factor, low, high = np.float32(rope.factor), rope.low_freq_factor, rope.high_freq_factor
     old_len = rope.original_max_position_embeddings
     low_freq_wavelen, high_freq_wavelen = old_len / low, old_len / high

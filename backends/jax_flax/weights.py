@@ -5,7 +5,8 @@ safetensors' own numpy loader cannot return), so no framework is involved. Each 
 with its sharding (sharding.py) shard by shard: a device's block is read from the mapped file,
 transposed from HF's [out, in] to [in, out], cast to the compute dtype and stacked over layers on
 the host, then copied to that device. With fsdp > 1 no device and no host ever holds the whole
-model, only the blocks of its own devices (one tensor's at a time).
+model, only the blocks of its own devices (one tensor's at a time). Which tensors exist (biases,
+q/k norms, a tied head) is the family's ModelSpec's ``tensor_shapes``/``layer_tensors``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import ml_dtypes
 import numpy as np
 
 from loraswitch.backends.jax_flax.sharding import Layout, put_from
-from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, LlamaSpec
 from loraswitch.core.errors import UserError
+from loraswitch.core.models.families import ModelSpec
 from loraswitch.core.models.model_dir import read_safetensors_header, weight_files
 
 # The float dtypes core/models/model_dir.py accepts for base weights (it refuses the others).
@@ -62,11 +63,11 @@ class SafetensorsFiles:
         return np.memmap(file, dtype=dtype, mode="r", offset=data_start + start, shape=tuple(shape))
 
 
-def load_weights(path: Path, spec: LlamaSpec, dtype, layout: Layout) -> dict[str, jax.Array]:
-    """The arrays ``model.Llama`` takes, read from the HF names of ``path``, placed on ``layout``."""
+def load_weights(path: Path, spec: ModelSpec, dtype, layout: Layout) -> dict[str, jax.Array]:
+    """The arrays ``model.DecoderLM`` takes, read from the HF names of ``path``, placed on ``layout``."""
     files = SafetensorsFiles(weight_files(path), path)
     np_dtype = np.dtype(jnp.dtype(dtype))
-    L, d, V = spec.num_layers, spec.hidden_size, spec.vocab_size
+    L = spec.num_layers
 
     def plain(name: str, shape: tuple[int, ...]) -> jax.Array:
         sharding = layout.weight(shape, stacked=False)
@@ -88,35 +89,35 @@ def load_weights(path: Path, spec: LlamaSpec, dtype, layout: Layout) -> dict[str
 
         return put_from(full, layout.weight(full, stacked=True), read)
 
-    out = {"embed_tokens": plain("model.embed_tokens.weight", (V, d)), "norm": plain("model.norm.weight", (d,))}
-    if not spec.tie_word_embeddings:
-        out["lm_head"] = plain("lm_head.weight", (V, d))
-    for norm in ("input_layernorm", "post_attention_layernorm"):
-        out[norm] = stacked([f"model.layers.{i}.{norm}.weight" for i in range(L)], (d,), transpose=False)
-    for name, (n_in, n_out) in spec.linear_dims().items():
-        out[name] = stacked(
-            [f"model.layers.{i}.{LINEAR_PARENT[name]}.{name}.weight" for i in range(L)], (n_in, n_out), transpose=True
-        )
+    whole = ["model.embed_tokens.weight", "model.norm.weight"] + (
+        [] if spec.tie_word_embeddings else ["lm_head.weight"]
+    )
+    shapes = spec.tensor_shapes()
+    out = {name: plain(name, shapes[name]) for name in whole}
+    for name, hf_shape in spec.layer_tensors().items():
+        kernel = len(hf_shape) == 2  # linear weights: transposed to [in, out]
+        shape = hf_shape[::-1] if kernel else hf_shape
+        out[name] = stacked([f"model.layers.{i}.{name}" for i in range(L)], shape, transpose=kernel)
     return out
 
 
-def random_weights(spec: LlamaSpec, dtype, seed: int, layout: Layout) -> dict[str, jax.Array]:
-    """N(0, 0.02) matrices and unit norms drawn directly on the devices in the compute dtype,
-    each device drawing only its shards, for shapes too large to be worth writing to disk
-    (``ModelSource.random_init``)."""
-    L, d, V = spec.num_layers, spec.hidden_size, spec.vocab_size
-    shapes = {"embed_tokens": (V, d)}
-    if not spec.tie_word_embeddings:
-        shapes["lm_head"] = (V, d)
-    shapes.update({name: (L, n_in, n_out) for name, (n_in, n_out) in spec.linear_dims().items()})
+def random_weights(spec: ModelSpec, dtype, seed: int, layout: Layout) -> dict[str, jax.Array]:
+    """N(0, 0.02) matrices and biases and unit norms drawn directly on the devices in the
+    compute dtype, each device drawing only its shards, for shapes too large to be worth
+    writing to disk (``ModelSource.random_init``)."""
+    L = spec.num_layers
+    shapes = {name: shape for name, shape in spec.tensor_shapes().items() if not name.startswith("model.layers.")}
+    for name, hf_shape in spec.layer_tensors().items():
+        shapes[name] = (L, *(hf_shape[::-1] if len(hf_shape) == 2 else hf_shape))
     root = jax.random.PRNGKey(seed)
     dtype = jnp.dtype(dtype)
     out = {}
     for i, (name, shape) in enumerate(shapes.items()):
-        sharding = layout.weight(shape, stacked=len(shape) == 3)
-        out[name] = _normal(jax.random.fold_in(root, i), shape, dtype, sharding)
-    out["norm"] = _ones((d,), dtype, layout.replicated)
-    out["input_layernorm"] = out["post_attention_layernorm"] = _ones((L, d), dtype, layout.replicated)
+        if name.endswith("norm.weight"):
+            out[name] = _ones(shape, dtype, layout.replicated)
+        else:
+            sharding = layout.weight(shape, stacked=name in spec.layer_tensors())
+            out[name] = _normal(jax.random.fold_in(root, i), shape, dtype, sharding)
     return out
 
 

@@ -40,7 +40,7 @@ def save_adapter(peft_model, directory: Path, base_model_name: str) -> None:
     had_readme = readme.exists()
     peft_model.peft_config[ADAPTER_NAME].base_model_name_or_path = base_model_name
     # save_embedding_layers=False: "auto" would look the base model name up on the Hugging Face Hub,
-    # and LoRA here never targets embeddings (only linear layers pass check_target_modules).
+    # and LoRA here never targets embeddings (only linear layers pass resolve_targets).
     # The LoRA tensors are handed over rather than read through model.state_dict(): under FSDP2
     # that call reshards the model on the one process that saves, and the processes' next
     # forwards would then disagree on which weights to gather.

@@ -25,7 +25,7 @@ from loraswitch.backends.torch_peft import adapter, optimizer, processes
 from loraswitch.backends.torch_peft.attention import attention_choice, attention_context, kernel_used
 from loraswitch.backends.torch_peft.generation import generate_tokens
 from loraswitch.backends.torch_peft.loss import chunk_loss, chunk_loss_and_grad, target_cross_entropy, target_positions
-from loraswitch.backends.torch_peft.model import Placement, check_target_modules, choose_placement, load_base_model
+from loraswitch.backends.torch_peft.model import Placement, choose_placement, load_base_model, resolve_targets
 from loraswitch.core.backend import LossValue
 from loraswitch.core.config import Config
 from loraswitch.core.export.fingerprint import write_base_fingerprint
@@ -101,11 +101,12 @@ class TorchBackend:
                 )
             else:
                 base = load_base_model(model, self.placement)
-                targets = check_target_modules(base, config.lora_target_modules)
+                targets = resolve_targets(model, base, config.lora_target_modules)
                 # peft creates LoRA A on the host and moves it: the same seed gives the same init on CPU and GPU.
                 torch.manual_seed(config.seed)
                 # LoRA weights stay fp32 under a bf16 base (autocast_adapter_dtype), so AdamW updates them in fp32.
                 self.model = get_peft_model(base, lora_config(targets), autocast_adapter_dtype=True)
+        self.targets = targets
         self.model.peft_config[adapter.ADAPTER_NAME].base_model_name_or_path = model.name
         self.autocast = self.placement.dtype == torch.bfloat16
         if self.autocast:
@@ -274,7 +275,7 @@ class TorchBackend:
     def load_adapter(self, directory: Path) -> None:
         directory = Path(directory)
         c = self.config
-        adapter.check_adapter_config(directory, c.lora_r, c.lora_alpha, c.use_rslora, c.lora_target_modules)
+        adapter.check_adapter_config(directory, c.lora_r, c.lora_alpha, c.use_rslora, self.targets)
         adapter.load_adapter_weights(self.params, directory)
 
     def save_state(self, directory: Path) -> None:
@@ -364,10 +365,10 @@ class TorchBackend:
 
 
 def _checked_targets_on_meta(model: ModelSource, targets: list[str]) -> list[str]:
-    """check_target_modules on a shapes-only model, for the sharded path that never builds a whole one."""
+    """resolve_targets on a shapes-only model, for the sharded path that never builds a whole one."""
     from loraswitch.backends.torch_peft.model import _hf_config, _model_class, architecture_of
 
     architecture = architecture_of(model)
     with torch.device("meta"):
         skeleton = _model_class(architecture)(_hf_config(model, architecture))
-    return check_target_modules(skeleton, targets)
+    return resolve_targets(model, skeleton, targets)

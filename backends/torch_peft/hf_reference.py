@@ -2,7 +2,8 @@
 
 ``hf-reference`` is what a user would write instead of using loraswitch, so it stays deliberately
 plain: no torch.compile, no fused loss, no tricks. It mirrors the anchor measurement behind the
-published reference numbers (docs/benchmarks.md): the model class built from its config, SDPA
+published reference numbers (docs/benchmarks.md): the model's transformers class
+(LlamaForCausalLM, Qwen3ForCausalLM...) built from its config, SDPA
 attention, bf16 on CUDA (fp32 on CPU), ``get_peft_model``, fused AdamW on CUDA,
 ``(loss / accumulation_steps).backward()``, ``opt.step()``, ``opt.zero_grad()``.
 
@@ -38,6 +39,8 @@ class HFReference:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        from loraswitch.core.models import families
+
         s = self.settings
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -57,11 +60,14 @@ class HFReference:
 
             _apply_liger_kernel_to_instance(model=model)
         torch.manual_seed(s.seed)
+        # all-linear means the block's linears here too (peft's own all-linear differs in corner cases).
+        family = families.check_config(self.source.config, self.source.path / "config.json")
+        targets = families.resolve_target_modules(family, s.lora_target_modules, also=("lm_head",))
         lora = LoraConfig(
             r=s.lora_r,
             lora_alpha=s.lora_alpha,
             lora_dropout=s.lora_dropout,
-            target_modules=list(s.lora_target_modules),
+            target_modules=targets,
             task_type="CAUSAL_LM",
         )
         self.model = get_peft_model(model, lora)

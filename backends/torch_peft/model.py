@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from loraswitch.core.errors import UserError
-from loraswitch.core.models import architectures, model_dir
+from loraswitch.core.models import families, model_dir
 from loraswitch.core.types import ModelSource
 
 
@@ -69,9 +69,14 @@ def choose_placement(precision: str, compile_option: str, requested_device: str 
     return Placement(device, dtype, use_compile)
 
 
+def family_of(model: ModelSource) -> families.Family:
+    """The model's family in the registry (core/models/families), config.json checked."""
+    return families.check_config(model_dir.read_config(model.path), model.path / "config.json")
+
+
 def architecture_of(model: ModelSource) -> str:
-    """The transformers class to build; validate_model_dir has already checked config.json."""
-    return architectures.architecture_of(model_dir.read_config(model.path), model.path / "config.json")
+    """The transformers class to build: the family's (Qwen3ForCausalLM...)."""
+    return family_of(model).architecture
 
 
 def _model_class(architecture: str):
@@ -136,18 +141,25 @@ class _quiet_transformers:
 
 
 def linear_module_names(base: torch.nn.Module) -> list[str]:
-    """The short names LoRA can target (``q_proj``, ``down_proj``, ``lm_head``...)."""
+    """The short names of the model's linear layers (``q_proj``, ``down_proj``, ``lm_head``...)."""
     return sorted(
         {name.rsplit(".", 1)[-1] for name, m in base.named_modules() if isinstance(m, torch.nn.Linear) and name}
     )
 
 
-def check_target_modules(base: torch.nn.Module, targets: list[str]) -> list[str]:
+# LoRA on the output head: peft supports it and so does this backend (not the jax one).
+EXTRA_TARGETS = ("lm_head",)
+
+
+def resolve_targets(model: ModelSource, base: torch.nn.Module, modules: list[str]) -> list[str]:
+    """Config ``lora_target_modules`` through the family registry (``all-linear``: the block's
+    linears), each name then confirmed in the built model."""
+    targets = families.resolve_target_modules(family_of(model), modules, also=EXTRA_TARGETS)
     available = linear_module_names(base)
-    for name in targets:
-        if name not in available:
-            raise UserError(
-                f"lora_target_modules: {name!r} is not a linear layer of this model; "
-                f"its linear layers are: {', '.join(available)}"
-            )
-    return sorted(set(targets))
+    missing = [name for name in targets if name not in available]
+    if missing:
+        raise UserError(
+            f"lora_target_modules: {missing[0]!r} is not a linear layer of this model; "
+            f"its linear layers are: {', '.join(available)}"
+        )
+    return targets

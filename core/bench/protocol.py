@@ -33,7 +33,8 @@ class BenchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     shape: str = Field(
-        "tiny", description="A random shape (tiny, llama-1b, llama-3b, llama-8b) or a local HF model directory."
+        "tiny",
+        description="A random shape (tiny, llama-1b, qwen3-1.7b, ...: `loraswitch models`) or a local HF model directory.",
     )
     batch_size: int = Field(4, gt=0)
     seq_len: int = Field(2048, gt=1)
@@ -159,5 +160,8 @@ def matmul_params(config: dict[str, Any]) -> int:
 
 def flops_per_token(config: dict[str, Any], seq_len: int) -> int:
     """Training FLOPs per token with frozen base weights: forward 2N plus the activation gradient
-    2N (no weight gradient for frozen weights), plus attention scores 12·layers·hidden·seq."""
-    return 4 * matmul_params(config) + 12 * config["num_hidden_layers"] * config["hidden_size"] * seq_len
+    2N (no weight gradient for frozen weights), plus attention scores 12·layers·(heads·head_dim)·seq
+    (heads·head_dim is the hidden size for Llama; Qwen3-0.6B's is twice it)."""
+    heads = config["num_attention_heads"]
+    width = heads * (config.get("head_dim") or config["hidden_size"] // heads)
+    return 4 * matmul_params(config) + 12 * config["num_hidden_layers"] * width * seq_len

@@ -252,6 +252,26 @@ def _run_system(
     return r
 
 
+MODEL_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+    "tie_word_embeddings",
+)
+
+
+def _model_facts(settings: BenchSettings, config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": settings.model,
+        "matmul_params": matmul_params(config),
+        "flops_per_token": flops_per_token(config, settings.seq_len),
+        **{k: config.get(k) for k in MODEL_KEYS},
+    }
+
+
 def run_bench(
     settings: BenchSettings,
     systems: list[str],
@@ -290,23 +310,7 @@ def run_bench(
         scaling.derive_scaling(results)
     return {
         "settings": settings.model_dump(mode="json"),
-        "model": {
-            "name": settings.model,
-            "matmul_params": matmul_params(config),
-            "flops_per_token": flops_per_token(config, settings.seq_len),
-            **{
-                k: config.get(k)
-                for k in (
-                    "hidden_size",
-                    "intermediate_size",
-                    "num_hidden_layers",
-                    "num_attention_heads",
-                    "num_key_value_heads",
-                    "vocab_size",
-                    "tie_word_embeddings",
-                )
-            },
-        },
+        "model": _model_facts(settings, config),
         "machine": machine_facts(command),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "problems": mismatches(results),

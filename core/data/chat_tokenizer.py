@@ -7,13 +7,19 @@ after it (as transformers' assistant masks do: a token that merges the header's 
 with the content's first letter is needed to produce that letter, so it is trained).
 Tokenising prefixes separately can merge differently at the boundary (BPE), which would
 shift the mask by a token; offsets into the one real tokenisation cannot.
+
+Reasoning blocks: an assistant content holding ``<think>...</think>`` is rewritten by templates
+that know it (Qwen3 normalises the whitespace around it, and drops it from the turns before the
+last user message). The loss then covers what the template kept of the message: from ``<think>``
+through the answer and end-of-turn token, or only the answer where the block was dropped.
+``chat_template_kwargs`` (``enable_thinking``...) reach every render as template variables.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -69,9 +75,11 @@ class ChatTokenizer:
         pad_token: str | None = None,
         extra_eos_ids: Sequence[int] = (),
         source: str = "tokenizer",
+        template_kwargs: Mapping[str, Any] | None = None,
     ):
         self._tok = tokenizer
         self.source = source
+        self.template_kwargs = dict(template_kwargs or {})
         self.bos_token = bos_token
         self.eos_token = eos_token
         self.chat_template = chat_template
@@ -89,11 +97,12 @@ class ChatTokenizer:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_dir(cls, model_dir: str | Path) -> ChatTokenizer:
+    def from_dir(cls, model_dir: str | Path, template_kwargs: Mapping[str, Any] | None = None) -> ChatTokenizer:
         """Load tokenizer.json, tokenizer_config.json (special tokens, chat_template) and, when
         present, chat_template.jinja and generation_config.json's eos ids, as HF writes them.
         In a model directory (config.json beside it) every id the tokenizer can produce must be
-        below the model's vocab_size (model_dir.check_tokenizer_fits)."""
+        below the model's vocab_size (model_dir.check_tokenizer_fits).
+        ``template_kwargs`` (config ``chat_template_kwargs``) go to every render."""
         from tokenizers import Tokenizer
 
         from loraswitch.core.models.model_dir import check_tokenizer_fits
@@ -136,6 +145,7 @@ class ChatTokenizer:
             pad_token=_token_str(cfg.get("pad_token")),
             extra_eos_ids=extra,
             source=source,
+            template_kwargs=template_kwargs,
         )
 
     def _id_of(self, token: str | None) -> int | None:
@@ -208,6 +218,7 @@ class ChatTokenizer:
             raise UserError(f"{where}: chat records need a chat template, and {self.source} has none")
         try:
             return self._template.render(
+                **self.template_kwargs,
                 messages=[{"role": m.role, "content": m.content} for m in messages],
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token or "",
@@ -266,7 +277,9 @@ class ChatTokenizer:
         """Character spans of trained assistant contents (plus their end-of-turn marker) in
         ``full``. Message i's content lies in what rendering messages[:i+1] adds to rendering
         messages[:i]; searching that region from its end skips a header that happens to
-        contain the same text (content "assistant" after the header "assistant")."""
+        contain the same text (content "assistant" after the header "assistant"). A template
+        that renders a message differently once later turns follow (Qwen3's reasoning) is not
+        prefix-preserving: the region then ends at the first end-of-turn marker."""
         spans = []
         for i, m in enumerate(messages):
             if m.role != "assistant" or not m.train:
@@ -274,8 +287,10 @@ class ChatTokenizer:
             before = self._render_prefix(messages[:i], where)
             upto = self.render(messages[: i + 1], where=where)
             lo = _common_prefix_len(before, full)
-            hi = len(upto) if full.startswith(upto) else len(full)
+            hi = len(upto) if full.startswith(upto) else self._next_marker(full, lo)
             span = _find_content(full, m.content, lo, hi)
+            if span is None and hi < len(full):
+                span = _find_content(full, m.content, lo, len(full))
             if span is None:
                 raise UserError(
                     f"{where}: the chat template of {self.source} does not reproduce assistant "
@@ -283,6 +298,11 @@ class ChatTokenizer:
                 )
             spans.append(_Span(span.start, self._end_of_turn(full, span.end)))
         return spans
+
+    def _next_marker(self, text: str, pos: int) -> int:
+        """Where the first end-of-turn marker at or after ``pos`` starts (the text's end if none)."""
+        found = [k for k in (text.find(marker, pos) for marker in self._end_markers) if k >= 0]
+        return min(found, default=len(text))
 
     def _render_prefix(self, messages: list[Message], where: str) -> str:
         if not messages:
@@ -307,14 +327,31 @@ class ChatTokenizer:
 
 
 def _find_content(full: str, content: str, lo: int, hi: int) -> _Span | None:
-    """Last occurrence of the content (or of its stripped form, for templates that trim)."""
+    """Last occurrence of the content (or of its stripped form, for templates that trim), or
+    of its reasoning block and answer as a reasoning template rewrote them."""
     if not content.strip():
         return _empty_anchor(full, lo, hi)
     for needle in (content, content.strip()):
         k = full.rfind(needle, lo, hi)
         if k >= 0:
             return _Span(k, k + len(needle))
-    return None
+    return _find_reasoning(full, content, lo, hi) if THINK_END in content else None
+
+
+THINK_START, THINK_END = "<think>", "</think>"
+
+
+def _find_reasoning(full: str, content: str, lo: int, hi: int) -> _Span | None:
+    """``<think>reasoning</think>answer`` as the template rendered it: the answer, preceded by
+    the ``<think>`` block when the template kept one (Qwen3 keeps it in the turns after the
+    last user message, with its own newlines, and drops it before)."""
+    answer = content.split(THINK_END)[-1].strip()
+    anchor = answer or THINK_END  # no answer: the block alone is the message
+    k = full.rfind(anchor, lo, hi)
+    if k < 0:
+        return _empty_anchor(full, lo, hi) if not answer else None
+    think = full.rfind(THINK_START, lo, k)
+    return _Span(think if think >= 0 else k, k + len(anchor))
 
 
 def _empty_anchor(full: str, lo: int, hi: int) -> _Span:

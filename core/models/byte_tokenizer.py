@@ -39,15 +39,17 @@ def build_byte_tokenizer():
     return tok
 
 
-def write_byte_tokenizer(directory: str | Path) -> None:
-    """Write tokenizer.json and tokenizer_config.json (chat template, eos/pad) into ``directory``."""
+def write_byte_tokenizer(directory: str | Path, chat_template: str = CHATML_TEMPLATE) -> None:
+    """Write tokenizer.json and tokenizer_config.json (chat template, eos/pad) into ``directory``.
+    The specials are Qwen's too, so a Qwen family's own template (ChatML) works unchanged."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     build_byte_tokenizer().save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2) + "\n")
+    config = tokenizer_config(chat_template)
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def tokenizer_config() -> dict:
+def tokenizer_config(chat_template: str = CHATML_TEMPLATE) -> dict:
     added = {
         str(i): {
             "content": t,
@@ -71,7 +73,7 @@ def tokenizer_config() -> dict:
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": 2048,
-        "chat_template": CHATML_TEMPLATE,
+        "chat_template": chat_template,
     }
 
 

@@ -1,5 +1,5 @@
 """Typed reads of config.json fields: each returns the value or raises a UserError naming the
-file and the key. Families' rules (llama_family.py) are written with these, so every family
+file and the key. Families' rules (families/) are written with these, so every family
 refuses a bool where a number belongs, a non-finite float or a string where an object belongs
 with the same words.
 """

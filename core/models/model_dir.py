@@ -5,7 +5,7 @@ jax backends call it again on whatever ModelSource they are given), so a directo
 refused identically everywhere, with one line naming the file:
 
 - config.json: one supported architecture whose ``model_type`` agrees, then that family's rules
-  (architectures.py: which family; llama_family.py: its keys, types, finite values);
+  (families/: which family, its keys, types, finite values, what loraswitch computes);
 - tokenizer.json present, and every id the tokenizer can produce inside the model's
   ``vocab_size`` (``check_tokenizer_fits``, run where the tokenizer is loaded);
 - weights: the safetensors headers only (safetensors_header.py: format rules), streamed file
@@ -23,8 +23,9 @@ from typing import Any
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.json_file import read_json_object
 from loraswitch.core.files.paths import directory, regular_file
-from loraswitch.core.models.architectures import SUPPORTED_ARCHITECTURES, Family, architecture_of, check_config
+from loraswitch.core.models import families
 from loraswitch.core.models.config_fields import positive_int
+from loraswitch.core.models.families import SUPPORTED_ARCHITECTURES, Family, check_config
 from loraswitch.core.models.safetensors_header import read_safetensors_header
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "read_safetensors_header", "validate_model_dir", "weight_files"]
@@ -84,7 +85,8 @@ def check_weights(path: Path, config: dict[str, Any], family: Family) -> None:
                     f"{file}: tensor {name!r} is also in {found[name][0].name}; which one counts is unclear"
                 )
             found[name] = (file, info)
-    expected = family.expected_tensors(config)
+    spec = family.spec(config, path / "config.json")
+    expected = spec.tensor_shapes()
     missing = [n for n in expected if n not in found]
     for name, shape in expected.items():
         if name in found:
@@ -96,10 +98,10 @@ def check_weights(path: Path, config: dict[str, Any], family: Family) -> None:
                 + (f"; {len(missing) - 1} more are missing" if len(missing) > 1 else "")
             )
     for name, (file, _) in found.items():
-        if name not in expected and not family.may_carry(name, config):
+        if name not in expected and not families.may_carry(name, spec):
             raise UserError(
                 f"{file}: unexpected tensor {name!r}; the weights do not belong to the "
-                f"{architecture_of(config, path / 'config.json')} that config.json describes"
+                f"{family.architecture} that config.json describes"
             )
 
 

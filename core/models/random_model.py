@@ -1,4 +1,4 @@
-"""Random-weight Llama directories: what ``random:<shape>`` resolves to.
+"""Random-weight model directories: what ``random:<shape>`` resolves to.
 
 Both backends load the very same files, which is why torch and JAX runs on ``random:tiny`` start
 from identical weights and can be compared number for number.
@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from loraswitch.core.models.byte_tokenizer import write_byte_tokenizer
+from loraswitch.core.models import families
+from loraswitch.core.models.byte_tokenizer import CHATML_TEMPLATE, write_byte_tokenizer
 from loraswitch.core.models.shapes import shape_config, tensor_shapes
 
 INIT_STD = 0.02  # the usual Llama initializer_range
 
 
 def random_weights(config: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
-    """fp32 weights under HF Llama names: N(0, 0.02) matrices, RMSNorm scales of one.
+    """fp32 weights under HF names: N(0, 0.02) matrices and biases, RMSNorm scales of one.
     Each tensor draws from its own stream (seed, index) so adding a tensor never shifts the others."""
     out = {}
     for i, (name, shape) in enumerate(tensor_shapes(config).items()):
@@ -34,8 +35,9 @@ def random_weights(config: dict[str, Any], seed: int = 0) -> dict[str, np.ndarra
 def write_random_model(
     directory: str | Path, shape: str | dict[str, Any] = "tiny", seed: int = 0, with_weights: bool = True
 ) -> Path:
-    """Write config.json, the byte tokenizer and (if ``with_weights``) model.safetensors (fp32).
-    ``shape`` is a name from ``core.shapes`` or a config dict. Returns the directory."""
+    """Write config.json, the byte tokenizer with the family's chat template (ChatML for Llama
+    shapes) and (if ``with_weights``) model.safetensors (fp32). ``shape`` is a name from
+    ``core.shapes`` or a config dict. Returns the directory."""
     from safetensors.numpy import save_file
 
     directory = Path(directory)
@@ -53,7 +55,9 @@ def write_random_model(
         )
         + "\n"
     )
-    write_byte_tokenizer(directory)
+    family = families.family_of(config, directory / "config.json")
+    template = families.chat_template(family.chat_template) if family.chat_template else CHATML_TEMPLATE
+    write_byte_tokenizer(directory, template)
     if with_weights:
         save_file(random_weights(config, seed), str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory

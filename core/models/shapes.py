@@ -1,15 +1,19 @@
-"""Named model shapes for ``random:<shape>``, as Hugging Face LlamaConfig dicts.
+"""Named model shapes for ``random:<shape>``, as Hugging Face config dicts.
 
-``tiny`` is for tests (its untied lm_head exercises the untied path); the llama-* shapes match
-the public Llama 3.x configurations so benchmark numbers compare with published ones.
+``tiny`` (Llama), ``tiny-qwen2`` and ``tiny-qwen3`` are for tests: untied or tied heads, biases,
+q/k norms and an explicit head_dim at hidden size 64. The other shapes match the public
+configurations (Llama 3.x; Qwen3-0.6B, Qwen3-1.7B and Qwen2.5-1.5B, from their config.json) so
+benchmark numbers compare with published ones; only the token ids are the byte tokenizer's.
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 from loraswitch.core.errors import UserError
+from loraswitch.core.models.families import spec_from_config
 
 BOS_ID, EOS_ID, PAD_ID = 256, 258, 256
 
@@ -62,11 +66,83 @@ def llama_config(
     }
 
 
+def qwen_config(
+    architecture: str,
+    hidden: int,
+    ffn: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    vocab: int,
+    *,
+    tied: bool,
+    dtype: str,
+    max_pos: int,
+    head_dim: int | None = None,
+    max_window_layers: int | None = None,
+    sliding_window: int | None = None,
+    rope_theta: float = 1000000.0,
+) -> dict[str, Any]:
+    """A Qwen2Config (Qwen2, Qwen2.5) or Qwen3Config dict as the released config.json files
+    write them (sliding windows off), with the byte tokenizer's token ids."""
+    qwen3 = architecture == "Qwen3ForCausalLM"
+    config = {
+        "architectures": [architecture],
+        "model_type": "qwen3" if qwen3 else "qwen2",
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "vocab_size": vocab,
+        "tie_word_embeddings": tied,
+        "rope_theta": rope_theta,
+        "rope_scaling": None,
+        "max_position_embeddings": max_pos,
+        "max_window_layers": layers if max_window_layers is None else max_window_layers,
+        "use_sliding_window": False,
+        "sliding_window": sliding_window,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "torch_dtype": dtype,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+        "pad_token_id": PAD_ID,
+    }
+    if qwen3:
+        config.update(head_dim=head_dim or 128, attention_bias=False)
+    elif head_dim is not None:
+        config["head_dim"] = head_dim
+    return config
+
+
+QWEN2, QWEN3 = "Qwen2ForCausalLM", "Qwen3ForCausalLM"
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": llama_config(64, 128, 2, 4, 2, 512, tied=False, rope_theta=10000.0, dtype="float32"),
+    "tiny-qwen2": qwen_config(QWEN2, 64, 128, 2, 4, 2, 512, tied=False, dtype="float32", max_pos=2048),
+    "tiny-qwen3": qwen_config(QWEN3, 64, 128, 2, 4, 2, 512, tied=True, dtype="float32", max_pos=2048, head_dim=32),
     "llama-1b": llama_config(2048, 8192, 16, 32, 8, 128256, tied=True, rope_theta=500000.0, dtype="bfloat16"),
     "llama-3b": llama_config(3072, 8192, 28, 24, 8, 128256, tied=True, rope_theta=500000.0, dtype="bfloat16"),
     "llama-8b": llama_config(4096, 14336, 32, 32, 8, 128256, tied=False, rope_theta=500000.0, dtype="bfloat16"),
+    "qwen3-0.6b": qwen_config(QWEN3, 1024, 3072, 28, 16, 8, 151936, tied=True, dtype="bfloat16", max_pos=40960),
+    "qwen3-1.7b": qwen_config(QWEN3, 2048, 6144, 28, 16, 8, 151936, tied=True, dtype="bfloat16", max_pos=40960),
+    "qwen2.5-1.5b": qwen_config(
+        QWEN2,
+        1536,
+        8960,
+        28,
+        12,
+        2,
+        151936,
+        tied=True,
+        dtype="bfloat16",
+        max_pos=32768,
+        max_window_layers=21,
+        sliding_window=32768,
+    ),
 }
 
 
@@ -78,26 +154,9 @@ def shape_config(name: str) -> dict[str, Any]:
 
 
 def tensor_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Every weight of a Llama config under its HF name, in a fixed order ([out, in] for linears)."""
-    h, f = config["hidden_size"], config["intermediate_size"]
-    n_heads, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-    head_dim = config.get("head_dim") or h // n_heads
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (config["vocab_size"], h)}
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        shapes[p + "self_attn.q_proj.weight"] = (n_heads * head_dim, h)
-        shapes[p + "self_attn.k_proj.weight"] = (n_kv * head_dim, h)
-        shapes[p + "self_attn.v_proj.weight"] = (n_kv * head_dim, h)
-        shapes[p + "self_attn.o_proj.weight"] = (h, n_heads * head_dim)
-        shapes[p + "mlp.gate_proj.weight"] = (f, h)
-        shapes[p + "mlp.up_proj.weight"] = (f, h)
-        shapes[p + "mlp.down_proj.weight"] = (h, f)
-        shapes[p + "input_layernorm.weight"] = (h,)
-        shapes[p + "post_attention_layernorm.weight"] = (h,)
-    shapes["model.norm.weight"] = (h,)
-    if not config.get("tie_word_embeddings", False):
-        shapes["lm_head.weight"] = (config["vocab_size"], h)
-    return shapes
+    """Every weight of a config of a supported family under its HF name, in a fixed order
+    ([out, in] for linears); the family registry's ModelSpec decides which exist."""
+    return spec_from_config(config, Path("config.json")).tensor_shapes()
 
 
 def count_params(config: dict[str, Any]) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 from loraswitch.core import hookimpl
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.paths import directory, resolved
-from loraswitch.core.models import cache
+from loraswitch.core.models import cache, families
 from loraswitch.core.models.model_dir import validate_model_dir
 from loraswitch.core.models.shapes import SHAPES, count_params, shape_config
 from loraswitch.core.types import ModelSource
@@ -65,9 +65,10 @@ def register_model_sources(register: Callable[..., None]) -> None:
         n = count_params(config)
         how = "weights on disk" if n < WRITE_WEIGHTS_BELOW else "initialised by the backend"
         path = random_cache_path(root, shape)
+        label = families.family_of(config, Path("config.json")).label
         register(
             f"random:{shape}",
-            f"random Llama, {n / 1e6:,.1f}M params, byte tokenizer ({how})",
+            f"random {label}, {n / 1e6:,.1f}M params, byte tokenizer ({how})",
             path if (path / cache.MANIFEST).exists() else None,
         )
 

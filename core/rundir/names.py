@@ -5,7 +5,7 @@ uses these constants, never the literals::
     metrics.jsonl      one JSON object a line (written by the metrics_file plugin)
     summary.json       stop_reason, steps, epochs, losses, timings
     loss.png           the loss curve (loss_plot plugin)
-    adapter/           the final adapter, PEFT format
+    adapter/           the final adapter, PEFT format, plus loraswitch.json (what PEFT does not record)
     checkpoints/step-NNNNNN/{adapter/, backend_state/, trainer_state.json}
     checkpoints/set-aside-step-NNNNNN/   newer checkpoints that --resume_from passed over
     trackers.json      each experiment tracker's run id, so --resume continues the same tracker run
@@ -24,6 +24,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 LOSS_PLOT = "loss.png"
 ADAPTER = "adapter"
+ADAPTER_SETTINGS = "loraswitch.json"  # inside an adapter directory: chat_template_kwargs
 CHECKPOINTS = "checkpoints"
 BACKEND_STATE = "backend_state"
 TRAINER_STATE = "trainer_state.json"

@@ -32,6 +32,7 @@ from loraswitch.core.files import atomic
 from loraswitch.core.files.paths import regular_file, resolved
 from loraswitch.core.plugins import call_hook, check_trackers, create_backend
 from loraswitch.core.rundir import checkpoints, layout, names
+from loraswitch.core.rundir.adapter_settings import write_adapter_settings
 from loraswitch.core.training import kill_points, parallel
 from loraswitch.core.training.evaluation import PAD_TO_MULTIPLE, eval_loss
 from loraswitch.core.training.interrupt import StopRequest
@@ -147,7 +148,7 @@ class Recipe:
 
         config = self.config
         self.source = resolve_model(config.model)
-        self.tokenizer = ChatTokenizer.from_dir(self.source.path)
+        self.tokenizer = ChatTokenizer.from_dir(self.source.path, config.chat_template_kwargs)
         self.data = load_datasets(config, self.tokenizer)
         self.fingerprint = {
             key: data_fingerprint(getattr(config, key)) for key in ("data", "validation_data") if getattr(config, key)
@@ -358,6 +359,7 @@ class Recipe:
             (tmp / names.ADAPTER).mkdir()
             (tmp / names.BACKEND_STATE).mkdir()
             backend.save_adapter(tmp / names.ADAPTER)
+            write_adapter_settings(tmp / names.ADAPTER, self.config.chat_template_kwargs)
             kill_points.reached("checkpoint", state.step, "adapter")
             backend.save_state(tmp / names.BACKEND_STATE)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from safetensors.numpy import load_file, save_file
 
 from loraswitch.core.config import resolve
 from loraswitch.core.errors import UserError
-from loraswitch.core.models.llama_family import expected_tensors
+from loraswitch.core.models.families import spec_from_config
 from loraswitch.core.models.random_model import write_random_model
 from loraswitch.core.models.shapes import llama_config
 from loraswitch.core.plugins import create_backend
@@ -114,4 +115,4 @@ def test_core_tensor_list_is_what_transformers_builds(config):
     built = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if config["tie_word_embeddings"]:
         built.pop("lm_head.weight")
-    assert expected_tensors(config) == built
+    assert spec_from_config(config, Path("config.json")).tensor_shapes() == built

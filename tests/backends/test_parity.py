@@ -1,9 +1,16 @@
-"""The jax backend against transformers + peft (through the torch backend), on CPU in fp32.
+"""The jax backend against transformers + peft (through the torch backend), on CPU in fp32, for
+every family of the registry (core/models/families).
 
-Both backends load the very same tiny random Llama directory (safetensors, written once) and the
-very same initial adapter. The adapter's B is non-zero, so the LoRA path changes the logits from
-the first step; it is drawn here with numpy and written in PEFT format, and each backend loads it
-with its own loader (so cross-backend loading is exercised too).
+Both backends load the very same tiny model directory (safetensors, written once: random:tiny
+for Llama, by transformers itself for Qwen2 and Qwen3) and the very same initial adapter. The
+adapter's B is non-zero, so the LoRA path changes the logits from the first step; it is drawn
+here with numpy and written in PEFT format, and each backend loads it with its own loader (so
+cross-backend loading is exercised too).
+
+The variants cover what differs between families: untied and tied heads, llama3 rope scaling,
+Mistral's one window, Qwen2's q/k/v biases with a sliding window on its second layer only,
+Qwen3's q/k norms and explicit head_dim, and Qwen3 with attention_bias (o_proj's bias is the
+unfused path) and every layer sliding. The batch (40 tokens) is longer than every window (8).
 
 Run: .venv/bin/pytest tests/backends/test_parity.py -q
 """
@@ -14,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.transformers_models import write_transformers_model
 
 pytest.importorskip("jax")
 pytest.importorskip("flax")
@@ -88,7 +96,7 @@ def write_initial_adapter(
 def load_spec(model_dir: Path):
     import json
 
-    from loraswitch.backends.jax_flax.spec import spec_from_config
+    from loraswitch.core.models.families import spec_from_config
 
     return spec_from_config(json.loads((model_dir / "config.json").read_text()), model_dir / "config.json")
 
@@ -110,13 +118,7 @@ def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(ours - reference).max() / np.abs(reference).max())
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return write_random_model(tmp_path_factory.mktemp("tiny"), "tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def llama3_tied_dir(tmp_path_factory) -> Path:
+def _llama3_tied(directory: Path) -> Path:
     """Tied embeddings and Llama 3.1 rope scaling in the legacy ``rope_scaling`` form real
     checkpoints use; original_max_position_embeddings is small so all three frequency bands
     (kept, divided, interpolated) occur at head_dim 16."""
@@ -133,21 +135,50 @@ def llama3_tied_dir(tmp_path_factory) -> Path:
             "original_max_position_embeddings": 16,
         },
     )
-    return write_random_model(tmp_path_factory.mktemp("llama3_tied"), config, seed=1)
+    return write_random_model(directory, config, seed=1)
 
 
-@pytest.fixture(scope="module")
-def mistral_window_dir(tmp_path_factory) -> Path:
+def _mistral_window(directory: Path) -> Path:
     """Mistral: a sliding window (8) shorter than the batch (40), and a head_dim (32) that is
     not hidden_size / heads."""
     config = shape_config("tiny")
     config.update(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=8, head_dim=32)
-    return write_random_model(tmp_path_factory.mktemp("mistral"), config, seed=3)
+    return write_random_model(directory, config, seed=3)
 
 
-@pytest.mark.parametrize("which", ["tiny_dir", "llama3_tied_dir", "mistral_window_dir"])
-def test_logits_match_transformers(which, request, tmp_path):
-    model_dir = request.getfixturevalue(which)
+QWEN2, QWEN3 = "Qwen2ForCausalLM", "Qwen3ForCausalLM"
+WINDOW = dict(use_sliding_window=True, sliding_window=8)
+MODELS = {
+    "llama": lambda d: write_random_model(d, "tiny", seed=0),
+    "llama3_tied": _llama3_tied,
+    "mistral_window": _mistral_window,
+    # layer 0 full attention, layer 1 a window of 8 (max_window_layers = 1)
+    "qwen2_window": lambda d: write_transformers_model(d, QWEN2, seed=4, max_window_layers=1, **WINDOW),
+    "qwen2.5_tied": lambda d: write_transformers_model(d, QWEN2, seed=5, tie_word_embeddings=True),
+    "qwen3_tied": lambda d: write_transformers_model(d, QWEN3, seed=6, tie_word_embeddings=True, head_dim=32),
+    "qwen3_bias_window": lambda d: write_transformers_model(
+        d, QWEN3, seed=7, attention_bias=True, max_window_layers=0, **WINDOW
+    ),
+}
+TRAINED = ("llama", "qwen2_window", "qwen3_tied")  # one per family with a distinct block
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """model_dir(name): that model's directory, written once per module."""
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = MODELS[name](tmp_path_factory.mktemp(name.replace(".", "_")))
+        return made[name]
+
+    return get
+
+
+@pytest.mark.parametrize("which", list(MODELS))
+def test_logits_match_transformers(which, model_dir, tmp_path):
+    model_dir = model_dir(which)
     batch = random_batch(3, batch=3, length=40)
     torch_backend = load(TorchBackend, model_dir, make_config())
     plain = torch_backend.logits(batch)
@@ -165,10 +196,11 @@ def test_logits_match_transformers(which, request, tmp_path):
 
 
 @pytest.mark.parametrize("backend_cls", [TorchBackend, JaxBackend], ids=["torch", "jax"])
-def test_rslora_scales_the_lora_path_by_alpha_over_sqrt_r(backend_cls, tiny_dir, tmp_path):
+def test_rslora_scales_the_lora_path_by_alpha_over_sqrt_r(backend_cls, model_dir, tmp_path):
     """use_rslora: the update is scaled by alpha / sqrt(r) instead of alpha / r. With r = 4 that
     is twice as much, so an rsLoRA adapter gives exactly the logits of a plain adapter whose B
     is doubled. A backend that ignored use_rslora would give the logits of B, not of 2 B."""
+    tiny_dir = model_dir("llama")
     batch = random_batch(4, batch=3, length=40)  # test_logits_match_transformers' shape: its jit is reused
     rs = write_initial_adapter(tmp_path / "rs", tiny_dir, seed=4, use_rslora=True)
     doubled = write_initial_adapter(tmp_path / "doubled", tiny_dir, seed=4, b_scale=np.sqrt(RANK))
@@ -202,15 +234,16 @@ def micro_steps(examples: list[TokenizedExample], config: Config, n_steps: int):
         epoch += 1
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=TRAINED)
+def trained(request, model_dir, tmp_path_factory):
     """Both backends trained 10 steps from the same adapter on the same data; their adapters saved."""
+    directory = model_dir(request.param)
     root = tmp_path_factory.mktemp("trained")
-    initial = write_initial_adapter(root / "initial", tiny_dir, seed=2)
+    initial = write_initial_adapter(root / "initial", directory, seed=2)
     config = make_config(weight_decay=0.1, max_grad_norm=0.5)  # grad norm ~1: clipping is active
     backends = {
-        "jax": load(JaxBackend, tiny_dir, config, initial),
-        "torch": load(TorchBackend, tiny_dir, config, initial),
+        "jax": load(JaxBackend, directory, config, initial),
+        "torch": load(TorchBackend, directory, config, initial),
     }
     rng = np.random.default_rng(5)
     examples = []
@@ -226,7 +259,14 @@ def trained(tiny_dir, tmp_path_factory):
             losses[name].append(sum(float(backend.micro_step(m)) for m in window))
     for name, backend in backends.items():
         backend.save_adapter(root / name)
-    return {"backends": backends, "losses": losses, "windows": windows, "root": root, "initial": initial}
+    return {
+        "backends": backends,
+        "losses": losses,
+        "windows": windows,
+        "root": root,
+        "initial": initial,
+        "model_dir": directory,
+    }
 
 
 def test_training_losses_match(trained):
@@ -256,12 +296,13 @@ def test_trained_weights_match(trained):
     assert diff / update < 1e-3
 
 
-def test_jax_adapter_loads_in_peft(trained, tiny_dir):
+def test_jax_adapter_loads_in_peft(trained):
+    import transformers
     from peft import PeftModel
-    from transformers import LlamaForCausalLM
 
     adapter = trained["root"] / "jax"
-    base = LlamaForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    architecture = load_spec(trained["model_dir"]).architecture
+    base = getattr(transformers, architecture).from_pretrained(trained["model_dir"], dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
     batch = random_batch(7)
     with torch.no_grad():
@@ -271,7 +312,8 @@ def test_jax_adapter_loads_in_peft(trained, tiny_dir):
         ).logits.numpy()
     jax_backend = trained["backends"]["jax"]
     jax_backend.load_adapter(adapter)  # its own final weights again, whatever ran before
-    assert relative_error(jax_backend.logits(batch), reference) < 1e-4
+    real = batch.attention_mask == 1  # as in the logits test: pad positions are each kernel's own
+    assert relative_error(jax_backend.logits(batch)[real], reference[real]) < 1e-4
 
 
 def test_torch_adapter_loads_in_jax(trained):
@@ -280,4 +322,20 @@ def test_torch_adapter_loads_in_jax(trained):
     jax_backend = trained["backends"]["jax"]
     jax_backend.load_adapter(trained["root"] / "torch")
     batch = random_batch(8)
-    assert relative_error(jax_backend.logits(batch), trained["backends"]["torch"].logits(batch)) < 1e-4
+    real = batch.attention_mask == 1
+    assert relative_error(jax_backend.logits(batch)[real], trained["backends"]["torch"].logits(batch)[real]) < 1e-4
+
+
+@pytest.mark.parametrize("trained", ["qwen2_window", "qwen3_tied"], indirect=True)  # Llama's: jax/test_backend.py
+def test_generate_with_kv_cache_equals_without(trained):
+    """jax greedy generation through its KV cache (per-layer windows included: the prompt and
+    continuation, 24 tokens, outrun the window of 8) = the argmax of one full forward over
+    prompt + continuation, which uses no cache (teacher forcing)."""
+    backend = trained["backends"]["jax"]
+    backend.load_adapter(trained["root"] / "jax")
+    prompt = [256, 72, 105, 33, 300, 12, 7, 99, 5, 480]
+    new = backend.generate(prompt, max_new_tokens=14)
+    assert len(new) == 14
+    ids = np.array([prompt + new] * 2, np.int32)  # [2, 24]: the shape the other tests' logits compiled
+    logits = backend.logits(Batch(ids, np.ones_like(ids), ids))
+    assert list(logits[0, len(prompt) - 1 : -1].argmax(-1)) == new

@@ -1,7 +1,8 @@
 """Load a model (and optionally an adapter) for generation or evaluation, outside a run.
 
 The LoRA shape must match the adapter before its weights can load, so r, alpha, target modules
-and rsLoRA are read from the adapter's own adapter_config.json (PEFT format, any backend).
+and rsLoRA are read from the adapter's own adapter_config.json (PEFT format, any backend), and
+the chat template arguments it was trained with from its loraswitch.json.
 When ``adapter`` is a run directory, its adapter/ and its config.yaml's model and backend are used.
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.json_file import read_json_object
+from loraswitch.core.rundir.adapter_settings import read_adapter_settings
 
 
 def adapter_settings(adapter_dir: Path) -> dict[str, Any]:
@@ -35,7 +37,25 @@ def adapter_settings(adapter_dir: Path) -> dict[str, Any]:
         raise UserError(f"{path}: 'target_modules' must be a list of module names, got {targets!r}")
     if targets:
         out["lora_target_modules"] = sorted(targets)
+    out.update(read_adapter_settings(adapter_dir))
     return out
+
+
+def template_kwargs_option(text: str | None) -> dict[str, Any]:
+    """``--chat_template_kwargs '{enable_thinking: false}'`` as config values ({} when absent)."""
+    if text is None:
+        return {}
+    from loraswitch.core.config import parse_cli_overrides
+
+    return parse_cli_overrides(["--chat_template_kwargs", text])
+
+
+def add_template_kwargs_argument(parser) -> None:
+    parser.add_argument(
+        "--chat_template_kwargs",
+        metavar="MAPPING",
+        help="chat template arguments, e.g. '{enable_thinking: false}' (default: those the adapter was trained with)",
+    )
 
 
 def locate_adapter(path: str | None) -> tuple[Path | None, dict[str, Any]]:
@@ -66,7 +86,6 @@ def load_for_inference(
 
     adapter_dir, run_values = locate_adapter(adapter)
     values: dict[str, Any] = {k: v for k, v in run_values.items() if k in Config.model_fields}
-    values.update(extra or {})
     if model:
         values["model"] = model
     if backend_name:
@@ -79,10 +98,11 @@ def load_for_inference(
         if "model" not in values and (base.startswith(("random:", "builtin:")) or Path(base).is_dir()):
             values["model"] = base
         values.update({k: v for k, v in settings.items() if k != "base_model"})
+    values.update(extra or {})  # explicit options (--chat_template_kwargs) win over what was recorded
     values["lora_dropout"] = 0.0
     config = validate(values, "options")
     source = resolve_model(config.model)
-    tokenizer = ChatTokenizer.from_dir(source.path)
+    tokenizer = ChatTokenizer.from_dir(source.path, config.chat_template_kwargs)
     backend = create_backend(config.backend)
     backend.load(source, config, train=False)
     if adapter_dir is not None:

@@ -42,7 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             f"--{name}", type=kind, default=None, help=f"{f.description or ''} (default: {f.default})".strip()
         )
-    parser.add_argument("--lora_target_modules", default=None, help="comma-separated (default: the 7 projections)")
+    parser.add_argument(
+        "--lora_target_modules",
+        default=None,
+        help="comma-separated (default: all-linear, the block's linears)",
+    )
     parser.add_argument(
         "--peak_tflops",
         type=float,

@@ -7,6 +7,8 @@ records, the exact-match rate of greedy generations against the reference answer
 
 from __future__ import annotations
 
+from loraswitch.core.cli.commands._inference import add_template_kwargs_argument
+
 HELP = "loss and exact-match of an adapter on a run's validation split or a JSONL file"
 
 
@@ -21,12 +23,13 @@ def add_arguments(p) -> None:
     p.add_argument("--max_new_tokens", type=int, default=64, metavar="N", help="generation budget for exact-match")
     p.add_argument("--no_generate", action="store_true", help="loss only, skip exact-match")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_template_kwargs_argument(p)
 
 
 def run(args) -> int:
     import json
 
-    from loraswitch.core.cli.commands._inference import load_for_inference
+    from loraswitch.core.cli.commands._inference import load_for_inference, template_kwargs_option
     from loraswitch.core.errors import UserError
     from loraswitch.core.training.evaluation import eval_loss, exact_match
 
@@ -37,7 +40,10 @@ def run(args) -> int:
     if args.max_new_tokens <= 0:
         raise UserError(f"--max_new_tokens {args.max_new_tokens}: must be a positive integer")
     backend, tokenizer, config = load_for_inference(
-        model=args.model, backend_name=args.backend, adapter=args.run_dir or args.adapter
+        model=args.model,
+        backend_name=args.backend,
+        adapter=args.run_dir or args.adapter,
+        extra=template_kwargs_option(args.chat_template_kwargs),
     )
     records = _records(config, args.data)
     examples = []

@@ -9,6 +9,8 @@ The prompt becomes one user turn of the model's chat template (plain text if it 
 
 from __future__ import annotations
 
+from loraswitch.core.cli.commands._inference import add_template_kwargs_argument
+
 HELP = "generate text from a model and optional adapter"
 
 
@@ -25,10 +27,11 @@ def add_arguments(p) -> None:
     p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy")
     p.add_argument("--top_p", type=float, default=1.0, metavar="P")
     p.add_argument("--seed", type=int, default=0)
+    add_template_kwargs_argument(p)
 
 
 def run(args) -> int:
-    from loraswitch.core.cli.commands._inference import load_for_inference
+    from loraswitch.core.cli.commands._inference import load_for_inference, template_kwargs_option
     from loraswitch.core.errors import UserError
 
     if args.max_new_tokens <= 0:
@@ -37,7 +40,12 @@ def run(args) -> int:
         raise UserError(f"--temperature {args.temperature}: must be >= 0")
     if not 0 < args.top_p <= 1:
         raise UserError(f"--top_p {args.top_p}: must be in (0, 1]")
-    backend, tokenizer, _ = load_for_inference(model=args.model, backend_name=args.backend, adapter=args.adapter)
+    backend, tokenizer, _ = load_for_inference(
+        model=args.model,
+        backend_name=args.backend,
+        adapter=args.adapter,
+        extra=template_kwargs_option(args.chat_template_kwargs),
+    )
     prompt_ids = tokenizer.encode_prompt(args.prompt)
     new_ids = backend.generate(
         prompt_ids,

@@ -29,11 +29,11 @@ from loraswitch.backends.jax_flax import adapter as peft_format
 from loraswitch.backends.jax_flax.backend import JaxBackend
 from loraswitch.backends.jax_flax.model import chunked_cross_entropy_sum
 from loraswitch.backends.jax_flax.rope import inv_frequencies
-from loraswitch.backends.jax_flax.spec import RopeSpec, spec_from_config
 from loraswitch.backends.jax_flax.trees import named_leaves
 from loraswitch.core.config import Config
 from loraswitch.core.data.batching import collate
 from loraswitch.core.errors import UserError
+from loraswitch.core.models.families import RopeSpec, spec_from_config
 from loraswitch.core.models.random_model import write_random_model
 from loraswitch.core.models.shapes import shape_config
 from loraswitch.core.types import (

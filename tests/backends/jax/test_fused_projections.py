@@ -1,6 +1,7 @@
 """The jax backend's fused projections (one matrix product for the linears that share an input,
 LoRA B products folded in, a hand-written VJP) compute what one call per linear computes: the
-same outputs and the same gradients, with and without LoRA on each linear and with dropout."""
+same outputs and the same gradients, with and without LoRA on each linear, with dropout, and with
+biases on some of the linears (Qwen2's q/k/v)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ nnx = pytest.importorskip("flax.nnx")
 from loraswitch.backends.jax_flax.lora import LoRALinear, dropout, fused_projections  # noqa: E402
 
 
-def _linear(rng, d_in, d_out, lora):
+def _linear(rng, d_in, d_out, lora, bias):
     kernel = jnp.asarray(rng.normal(size=(d_in, d_out)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(d_out,)), jnp.float32) if bias else None
     if not lora:
-        return LoRALinear(kernel)
+        return LoRALinear(kernel, bias=b)
     return LoRALinear(
         kernel,
         jnp.asarray(rng.normal(size=(d_in, 4)), jnp.float32),
         jnp.asarray(rng.normal(size=(4, d_out)), jnp.float32),
+        bias=b,
         scaling=2.0,
         dropout_rate=0.3,
     )
@@ -29,9 +32,13 @@ def _linear(rng, d_in, d_out, lora):
 
 @pytest.mark.parametrize("layout", [(True, True, True), (True, False, True), (False,), (True,)])
 @pytest.mark.parametrize("with_dropout", [False, True])
-def test_fused_equals_one_call_per_linear(layout, with_dropout):
+@pytest.mark.parametrize("biases", ["none", "first", "all"])
+def test_fused_equals_one_call_per_linear(layout, with_dropout, biases):
     rng = np.random.default_rng(len(layout) + 10 * with_dropout)
-    linears = [_linear(rng, 16, 8 if i == 0 else 4, lora) for i, lora in enumerate(layout)]
+    linears = [
+        _linear(rng, 16, 8 if i == 0 else 4, lora, bias=biases == "all" or (biases == "first" and i == 0))
+        for i, lora in enumerate(layout)
+    ]
     keys = [jax.random.key(i) if with_dropout else None for i in range(len(linears))]
     x = jnp.asarray(rng.normal(size=(2, 3, 16)), jnp.float32)
     graphdef, lora_state, frozen = nnx.split(nnx.List(linears), nnx.LoRAParam, ...)

@@ -154,14 +154,14 @@ def test_short_run_lowers_the_loss_on_memorisable_data(tiny, extra_modules, fact
     """The tiny random model's frozen lm_head (std 0.02, hidden 64) bounds how far logits can
     move, so LoRA on the projections alone only lowers the loss a little; with lm_head also
     adapted (the trainable-head loss path) the four sequences are memorised."""
-    from loraswitch.core.config import DEFAULT_TARGET_MODULES
+    projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
     backend = make_backend(
         tiny,
         lora_r=8,
         lora_alpha=16,
         lora_dropout=0.05,
-        lora_target_modules=DEFAULT_TARGET_MODULES + list(extra_modules),
+        lora_target_modules=projections + list(extra_modules),
     )
     data = sequences(4, 12, seed=1)
     batches = [make_batch(data[:2], [3, 3]), make_batch(data[2:], [3, 3])]

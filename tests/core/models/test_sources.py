@@ -21,6 +21,7 @@ from loraswitch.core.errors import UserError
 from loraswitch.core.models import cache
 from loraswitch.core.models.builtin import find_packaged_gguf
 from loraswitch.core.models.byte_tokenizer import CHATML_TEMPLATE, build_byte_tokenizer
+from loraswitch.core.models.families import SUPPORTED_ARCHITECTURES
 from loraswitch.core.models.gguf.convert import convert_gguf_to_hf
 from loraswitch.core.models.gguf.reader import GGUFFile
 from loraswitch.core.models.model_dir import validate_model_dir
@@ -58,12 +59,30 @@ def test_shapes_match_published_parameter_counts():
     assert round(count_params(SHAPES["llama-1b"]) / 1e6) == 1236  # Llama 3.2 1B
     assert round(count_params(SHAPES["llama-3b"]) / 1e6) == 3213  # Llama 3.2 3B
     assert round(count_params(SHAPES["llama-8b"]) / 1e6) == 8030  # Llama 3.1 8B
+    # Qwen's model cards give total and non-embedding counts: 0.6B / 0.44B, 1.7B / 1.4B, 1.54B / 1.31B.
+    for shape, total, non_embedding in (
+        ("qwen3-0.6b", 596, 440),
+        ("qwen3-1.7b", 1721, 1409),
+        ("qwen2.5-1.5b", 1544, 1310),
+    ):
+        config = SHAPES[shape]
+        embedding = config["vocab_size"] * config["hidden_size"]  # tied: counted once
+        assert (round(count_params(config) / 1e6), round((count_params(config) - embedding) / 1e6)) == (
+            total,
+            non_embedding,
+        )
     tiny = shape_config("tiny")
     assert tiny["tie_word_embeddings"] is False and "lm_head.weight" in tensor_shapes(tiny)
-    assert tiny["vocab_size"] >= 259  # covers the byte tokenizer
     for config in SHAPES.values():
-        assert config["architectures"] == ["LlamaForCausalLM"] and config["hidden_act"] == "silu"
-        assert config["head_dim"] * config["num_attention_heads"] == config["hidden_size"]
+        assert config["architectures"][0] in SUPPORTED_ARCHITECTURES and config["hidden_act"] == "silu"
+        assert config["vocab_size"] >= 259  # covers the byte tokenizer
+        if config["model_type"] == "llama":
+            assert config["head_dim"] * config["num_attention_heads"] == config["hidden_size"]
+    qwen2, qwen3 = tensor_shapes(SHAPES["tiny-qwen2"]), tensor_shapes(SHAPES["tiny-qwen3"])
+    assert (
+        qwen2["model.layers.1.self_attn.k_proj.bias"] == (32,) and "model.layers.0.self_attn.o_proj.bias" not in qwen2
+    )
+    assert qwen3["model.layers.0.self_attn.q_norm.weight"] == (32,) and "lm_head.weight" not in qwen3
 
 
 def test_random_tiny_resolves_and_loads_in_transformers(sources_only):
@@ -106,7 +125,8 @@ def test_large_random_shape_is_initialised_by_the_backend(sources_only):
 def test_unknown_sources_are_one_line_errors(sources_only):
     with pytest.raises(
         UserError,
-        match=r"^model: cannot resolve 'no/such/dir'; expected a directory, builtin:NAME or random:SHAPE \(shapes: tiny, llama-1b",
+        match=r"^model: cannot resolve 'no/such/dir'; expected a directory, builtin:NAME or random:SHAPE "
+        r"\(shapes: tiny, tiny-qwen2, tiny-qwen3, llama-1b",
     ):
         resolve_model("no/such/dir")
     with pytest.raises(UserError, match="unknown random shape 'huge'; shapes: tiny"):
@@ -221,7 +241,7 @@ def test_validate_accepts_a_good_directory(model_dir):
         (
             lambda d: _edit_config(d, architectures=["GPT2LMHeadModel"]),
             r"config\.json: unsupported architecture \['GPT2LMHeadModel'\]; 'architectures' must name one of: "
-            "LlamaForCausalLM, MistralForCausalLM",
+            r"LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM$",
         ),
         (lambda d: _edit_config(d, hidden_size="big"), r"config\.json: key 'hidden_size' must be a positive integer"),
         (lambda d: (d / "tokenizer.json").unlink(), r"tokenizer\.json: missing"),

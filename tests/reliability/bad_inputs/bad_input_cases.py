@@ -86,6 +86,18 @@ def model(edit: Callable[[Path], None]) -> Callable[[Any], None]:
     return prepare
 
 
+def qwen_model(shape: str, **changes: Any) -> Callable[[Any], None]:
+    """prepare(): a random:<shape> directory (tiny-qwen2, tiny-qwen3) at {model}, config.json edited."""
+
+    def prepare(ctx: Any) -> None:
+        from loraswitch.core.models.random_model import write_random_model
+
+        write_random_model(ctx.d / "model", shape)
+        edit_json(ctx.d / "model" / "config.json", **changes)
+
+    return prepare
+
+
 def checkpoint(edit: Callable[[Path], None], resealed: bool = False) -> Callable[[Any], None]:
     def prepare(ctx: Any) -> None:
         path = ctx.run / "checkpoints" / "step-000004"
@@ -341,6 +353,17 @@ CASES: list[Case] = [
         ["train", "{d}/c.yaml", "--quiet"],
         "lora_target_modules = 5",
         files={"c.yaml": "lora_target_modules: 5\n"},
+    ),
+    Case(
+        "config-template-kwargs-not-a-mapping",
+        ["train", "{d}/c.yaml", "--quiet"],
+        "chat_template_kwargs = 'enable_thinking=false'",
+        files={"c.yaml": "chat_template_kwargs: enable_thinking=false\n"},
+    ),
+    Case(
+        "config-template-kwargs-reserved-name",
+        TRAIN + ["--chat_template_kwargs", "{{messages: []}}"],
+        "chat_template_kwargs = {{'messages': []}}: 'messages' is set by loraswitch itself",
     ),
     Case(
         "config-wrong-type-mesh",
@@ -608,6 +631,46 @@ CASES: list[Case] = [
         TRAIN + ["--model", "{model}"],
         "{model}/config.json: unsupported architecture ['GPT2LMHeadModel']",
         prepare=model(lambda m: edit_json(m / "config.json", architectures=["GPT2LMHeadModel"])),
+    ),
+    # A Qwen config asking for what no backend (or not the jax one) computes: one line naming it.
+    Case(
+        "qwen-moe-architecture",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: architecture Qwen3MoeForCausalLM (mixture of experts) is not supported; "
+        "supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM",
+        prepare=qwen_model("tiny-qwen3", architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe"),
+    ),
+    Case(
+        "qwen-moe-keys-in-dense-config",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: key 'num_experts' = 8 describes a mixture-of-experts model; Qwen2ForCausalLM is dense",
+        prepare=qwen_model("tiny-qwen2", num_experts=8, num_experts_per_tok=2),
+    ),
+    Case(
+        "qwen-sliding-layer-without-window",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: layer_types[1] is sliding_attention but sliding_window is null",
+        prepare=qwen_model("tiny-qwen3", layer_types=["full_attention", "sliding_attention"], sliding_window=None),
+    ),
+    Case(
+        "qwen-unknown-layer-type",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: layer_types[0] = 'chunked_attention' is not supported",
+        prepare=qwen_model("tiny-qwen2", layer_types=["chunked_attention", "full_attention"]),
+    ),
+    Case(
+        "qwen-rope-type",  # refused on every backend: the jax model does not compute it (one rule for both)
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: rope type 'yarn' is not supported (supported: default, linear, llama3)",
+        prepare=qwen_model(
+            "tiny-qwen2", rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512}
+        ),
+    ),
+    Case(
+        "qwen-target-module-jax",
+        TRAIN + ["--model", "{model}", "--backend", "jax", "--lora_target_modules", "q_proj,qkv_proj"],
+        "lora_target_modules: 'qkv_proj' is not a linear layer of a Qwen3 block; choose from down_proj, gate_proj",
+        prepare=qwen_model("tiny-qwen3"),
     ),
     Case(
         "model-config-not-json",
