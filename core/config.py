@@ -50,9 +50,15 @@ class Config(BaseModel):
     lora_target_modules: list[str] = Field(
         default_factory=lambda: list(DEFAULT_TARGET_MODULES),
         min_length=1,
-        description="Linear layers that get LoRA, by module name.",
+        description="Linear layers that get LoRA, by module name (all-linear: the seven projections).",
     )
     use_rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by lora_alpha / sqrt(lora_r).")
+    dropout_masks: Literal["portable", "framework"] = Field(
+        "portable",
+        description="LoRA dropout masks: portable (a hash of seed, step, micro-batch, layer, module and element: "
+        "the same masks on every backend, device and device count) or framework (the framework's own "
+        "random generator: torch.manual_seed / jax.random; masks differ between backends).",
+    )
     max_seq_len: int = Field(1024, gt=1, description="Examples longer than this are truncated (and counted).")
     packing: bool = Field(False, description="Pack several examples into each max_seq_len row instead of padding.")
     seed: int = Field(0, ge=0, description="Seeds the split, the data order, LoRA init and dropout.")

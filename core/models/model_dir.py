@@ -1,61 +1,24 @@
 """Check a Hugging Face model directory before a backend spends time loading it.
 
 Every problem becomes one line naming the file, so a user sees "config.json: unsupported
-architecture" rather than a framework traceback. Safetensors headers are parsed here with json
-and struct (no tensor is read), which makes the check cheap even for large models.
+architecture" rather than a framework traceback. Only safetensors headers are read
+(core/files/safetensors_file.py), which makes the check cheap even for large models.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.json_file import read_json_object
+from loraswitch.core.files.safetensors_file import read_header as read_safetensors_header  # the one reader
 from loraswitch.core.models.shapes import tensor_shapes
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 INDEX_FILE = "model.safetensors.index.json"
 _REQUIRED_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The header of a .safetensors file ({name: {dtype, shape, data_offsets}}), checked
-    against the file size so a truncated download is caught."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise UserError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100_000_000:
-                raise UserError(
-                    f"{path}: safetensors header length {n} exceeds the file size {size}; the file is truncated or not safetensors"
-                )
-            header = json.loads(f.read(n))
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from e
-    except (UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path}: safetensors header is not valid JSON; the file is damaged or not safetensors") from e
-    if not isinstance(header, dict):
-        raise UserError(f"{path}: safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
-    data_size = size - 8 - n
-    for name, info in header.items():
-        try:
-            start, end = info["data_offsets"]
-            shape = [int(d) for d in info["shape"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{path}: safetensors entry {name!r} has no valid shape/data_offsets") from e
-        if not 0 <= start <= end or end > data_size:
-            raise UserError(
-                f"{path}: tensor {name!r} ends at byte {end} but the file holds {data_size} data bytes; the file is truncated"
-            )
-        info["shape"] = shape
-    return header
 
 
 def weight_files(path: Path) -> list[Path]:
