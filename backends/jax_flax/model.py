@@ -128,13 +128,21 @@ class Block(nnx.Module):
         self.eps = spec.rms_norm_eps
 
     def __call__(self, x, cos, sin, key_mask, key, cache, start):
-        keys = None if key is None else [jax.random.fold_in(key, i) for i in range(7)]
+        keys = None if key is None else _module_keys(key)
         attn, new_cache = self.self_attn(
             rms_norm(x, self.input_layernorm[...], self.eps), cos, sin, key_mask, keys, cache, start
         )
         x = x + attn
         x = x + self.mlp(rms_norm(x, self.post_attention_layernorm[...], self.eps), keys)
         return x, new_cache
+
+
+def _module_keys(key: jax.Array) -> list[jax.Array]:
+    """One dropout key per linear of the block, by its fixed number (q_proj 0 ... down_proj 6):
+    a row of this layer's portable key table (uint32 [modules, 2]) or a PRNG key folded."""
+    if key.dtype == jnp.uint32:
+        return [key[i] for i in range(len(LINEAR_PARENT))]
+    return [jax.random.fold_in(key, i) for i in range(len(LINEAR_PARENT))]
 
 
 def empty_cache(spec: LlamaSpec, dtype, batch: int, length: int) -> Cache:
@@ -206,7 +214,10 @@ class Llama(nnx.Module):
         positions = start + jnp.arange(T)
         cos, sin = cos_sin(positions[None], inv_frequencies(self.spec.rope, self.spec.head_dim), self.dtype)
         graphdef, stacked = nnx.split(self.layers)
-        layer_keys = None if dropout_key is None else jax.random.split(dropout_key, self.spec.num_layers)
+        # dropout_key: the portable key table [layers, modules, 2] (scanned as it is) or a PRNG key
+        layer_keys = dropout_key
+        if dropout_key is not None and dropout_key.dtype != jnp.uint32:
+            layer_keys = jax.random.split(dropout_key, self.spec.num_layers)
 
         def one_layer(x, per_layer):
             layer_state, key, layer_cache = per_layer

@@ -11,19 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loraswitch.core.adapters.modules import PROJECTIONS
 from loraswitch.core.errors import UserError
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-# The linear layers of one decoder block, under their HF module names, and the submodule that holds them.
-LINEAR_PARENT = {
-    "q_proj": "self_attn",
-    "k_proj": "self_attn",
-    "v_proj": "self_attn",
-    "o_proj": "self_attn",
-    "gate_proj": "mlp",
-    "up_proj": "mlp",
-    "down_proj": "mlp",
-}
+# The linear layers of one decoder block, under their HF module names, and the submodule that
+# holds them, in block order (the order is each linear's number in its dropout key).
+LINEAR_PARENT = PROJECTIONS
 
 
 @dataclass(frozen=True)

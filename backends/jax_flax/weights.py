@@ -21,7 +21,8 @@ import numpy as np
 from loraswitch.backends.jax_flax.sharding import Layout, put_from
 from loraswitch.backends.jax_flax.spec import LINEAR_PARENT, LlamaSpec
 from loraswitch.core.errors import UserError
-from loraswitch.core.models.model_dir import read_safetensors_header, weight_files
+from loraswitch.core.files.safetensors_file import read_header
+from loraswitch.core.models.model_dir import weight_files
 
 _DTYPES = {
     "F64": np.float64,
@@ -45,7 +46,7 @@ class SafetensorsFiles:
         self.path = path
         self.entries: dict[str, tuple[Path, int, dict]] = {}
         for file in files:
-            header = read_safetensors_header(file)
+            header = read_header(file)
             with open(file, "rb") as f:
                 data_start = 8 + struct.unpack("<Q", f.read(8))[0]
             for name, info in header.items():

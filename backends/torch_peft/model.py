@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from loraswitch.core.adapters.modules import resolve_target_modules
 from loraswitch.core.errors import UserError
 from loraswitch.core.models import model_dir
 from loraswitch.core.models.model_dir import SUPPORTED_ARCHITECTURES
@@ -190,11 +191,13 @@ def linear_module_names(base: torch.nn.Module) -> list[str]:
 
 
 def check_target_modules(base: torch.nn.Module, targets: list[str]) -> list[str]:
+    """The targeted short names, sorted ("all-linear": the seven projections), each a linear layer of ``base``."""
     available = linear_module_names(base)
+    targets = resolve_target_modules(targets)
     for name in targets:
         if name not in available:
             raise UserError(
                 f"lora_target_modules: {name!r} is not a linear layer of this model; "
                 f"its linear layers are: {', '.join(available)}"
             )
-    return sorted(set(targets))
+    return targets

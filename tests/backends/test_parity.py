@@ -1,9 +1,11 @@
 """The jax backend against transformers + peft (through the torch backend), on CPU in fp32.
 
-Both backends load the very same tiny random Llama directory (safetensors, written once) and the
-very same initial adapter. The adapter's B is non-zero, so the LoRA path changes the logits from
-the first step; it is drawn here with numpy and written in PEFT format, and each backend loads it
-with its own loader (so cross-backend loading is exercised too).
+Both backends load the very same tiny random Llama directory (safetensors, written once). For
+the logits, both load one adapter with random A *and* B (written with the core's PEFT format;
+B non-zero so the LoRA path changes the logits), each with its own loader. For training nothing
+is injected: each backend draws its own initial adapter from the seed (the core's init) and its
+own dropout masks (the core's portable hash), and the per-step losses must still agree, with
+dropout 0 and 0.1, for 20 steps. A run checkpointed on one backend then resumes on the other.
 
 Run: .venv/bin/pytest tests/backends/test_parity.py -q
 """
@@ -22,9 +24,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from helpers.adapters import write_random_adapter  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
-from loraswitch.backends.jax_flax import adapter as peft_format  # noqa: E402
 from loraswitch.backends.jax_flax.backend import JaxBackend  # noqa: E402
 from loraswitch.backends.torch_peft.backend import TorchBackend  # noqa: E402
 from loraswitch.core.config import Config  # noqa: E402
@@ -43,6 +45,15 @@ RANK, ALPHA = 4, 8.0
 PAD_ID = 0
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: a second torch thread only spins and waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_config(**overrides) -> Config:
     values = dict(
         lora_r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, precision="fp32", seed=0, batch_size=2, accumulation_steps=2
@@ -57,31 +68,6 @@ def load(backend_cls, model_dir: Path, config: Config, adapter: Path | None = No
     if adapter is not None:
         backend.load_adapter(adapter)
     return backend
-
-
-def write_initial_adapter(directory: Path, model_dir: Path, seed: int) -> Path:
-    """A PEFT adapter with random A *and* B, identical for both backends."""
-    spec = load_spec(model_dir)
-    rng = np.random.default_rng(seed)
-    lora = {}
-    for name, (n_in, n_out) in spec.linear_dims().items():
-        lora[peft_format.state_name(name, "A")] = rng.uniform(-0.3, 0.3, (spec.num_layers, n_in, RANK)).astype(
-            np.float32
-        )
-        lora[peft_format.state_name(name, "B")] = rng.normal(0, 0.05, (spec.num_layers, RANK, n_out)).astype(np.float32)
-    config = peft_format.peft_config(
-        r=RANK, alpha=ALPHA, dropout=0.0, targets=list(spec.linear_dims()), use_rslora=False, base_model=str(model_dir)
-    )
-    peft_format.save_adapter(directory, lora, spec, config)
-    return directory
-
-
-def load_spec(model_dir: Path):
-    import json
-
-    from loraswitch.backends.jax_flax.spec import spec_from_config
-
-    return spec_from_config(json.loads((model_dir / "config.json").read_text()), model_dir / "config.json")
 
 
 def random_batch(seed: int, batch: int = 2, length: int = 24, vocab: int = 512) -> Batch:
@@ -142,7 +128,7 @@ def test_logits_match_transformers(which, request, tmp_path):
     batch = random_batch(3, batch=3, length=40)
     torch_backend = load(TorchBackend, model_dir, make_config())
     plain = torch_backend.logits(batch)
-    adapter = write_initial_adapter(tmp_path / "init", model_dir, seed=1)
+    adapter = write_random_adapter(tmp_path / "init", model_dir, r=RANK, alpha=ALPHA, seed=1)
     torch_backend.load_adapter(adapter)
     reference = torch_backend.logits(batch)
     assert relative_error(plain, reference) > 1e-3  # the adapter's LoRA path changes the logits
@@ -174,38 +160,67 @@ def micro_steps(examples: list[TokenizedExample], config: Config, n_steps: int):
         epoch += 1
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_dir, tmp_path_factory):
-    """Both backends trained 10 steps from the same adapter on the same data; their adapters saved."""
-    root = tmp_path_factory.mktemp("trained")
-    initial = write_initial_adapter(root / "initial", tiny_dir, seed=2)
-    config = make_config(weight_decay=0.1, max_grad_norm=0.5)  # grad norm ~1: clipping is active
-    backends = {
-        "jax": load(JaxBackend, tiny_dir, config, initial),
-        "torch": load(TorchBackend, tiny_dir, config, initial),
-    }
+N_STEPS, RESUME_AT = 20, 10
+RTOL = 1e-5  # per-step loss, relative
+
+
+def training_examples() -> list[TokenizedExample]:
+    """9 examples of 6-24 tokens, 1-3 prompt tokens each."""
     rng = np.random.default_rng(5)
     examples = []
     for _ in range(9):
         n = int(rng.integers(6, 25))
         mask = np.arange(n) >= int(rng.integers(1, 4))
         examples.append(TokenizedExample(rng.integers(0, 512, n).astype(np.int32), mask))
-    losses = {"jax": [], "torch": []}
-    windows = []
-    for window in micro_steps(examples, config, n_steps=10):
-        windows.append(len(window))
-        for name, backend in backends.items():
-            losses[name].append(sum(float(backend.micro_step(m)) for m in window))
+    return examples
+
+
+def train_steps(backend, windows) -> list[float]:
+    return [sum(float(backend.micro_step(m)) for m in window) for window in windows]
+
+
+@pytest.fixture(scope="module", params=[0.0, 0.1], ids=["dropout0", "dropout0.1"])
+def trained(request, tiny_dir, tmp_path_factory):
+    """Both backends trained 20 steps from their own initial adapter (nothing injected), with
+    weight decay and active clipping; the adapters saved at step 0, at RESUME_AT (with the
+    optimizer state: a checkpoint) and at the end."""
+    root = tmp_path_factory.mktemp("trained")
+    config = make_config(lora_dropout=request.param, weight_decay=0.1, max_grad_norm=0.5)  # grad norm ~1: clipping
+    backends = {"jax": load(JaxBackend, tiny_dir, config), "torch": load(TorchBackend, tiny_dir, config)}
+    windows = list(micro_steps(training_examples(), config, n_steps=N_STEPS))
+    losses: dict[str, list[float]] = {}
     for name, backend in backends.items():
-        backend.save_adapter(root / name)
-    return {"backends": backends, "losses": losses, "windows": windows, "root": root, "initial": initial}
+        backend.save_adapter(root / name / "initial")
+        losses[name] = train_steps(backend, windows[:RESUME_AT])
+        backend.save_adapter(root / name / "checkpoint")
+        backend.save_state(root / name / "checkpoint")
+        losses[name] += train_steps(backend, windows[RESUME_AT:])
+        backend.save_adapter(root / name / "final")
+    return {
+        "config": config,
+        "backends": backends,
+        "losses": losses,
+        "windows": windows,
+        "root": root,
+    }
+
+
+def test_initial_adapters_are_identical(trained):
+    """The core draws the initial adapter: both backends write the very same bytes."""
+    root = trained["root"]
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (root / "jax" / "initial" / name).read_bytes() == (root / "torch" / "initial" / name).read_bytes()
+    tensors = load_file(str(root / "torch" / "initial" / "adapter_model.safetensors"))
+    assert len(tensors) == 2 * 2 * 7  # A and B of 7 projections in 2 layers
+    assert all(np.abs(v).max() > 0 for k, v in tensors.items() if ".lora_A." in k)
 
 
 def test_training_losses_match(trained):
-    assert 1 in trained["windows"] and 2 in trained["windows"]  # short windows were exercised
+    assert {len(w) for w in trained["windows"]} == {1, 2}  # short windows were exercised
     jax_losses, torch_losses = np.array(trained["losses"]["jax"]), np.array(trained["losses"]["torch"])
-    assert len(jax_losses) == 10
-    np.testing.assert_allclose(jax_losses, torch_losses, rtol=1e-4)
+    assert len(jax_losses) == N_STEPS
+    np.testing.assert_allclose(jax_losses, torch_losses, rtol=RTOL, atol=0)
+    assert torch_losses[-1] < torch_losses[0]  # it trained
 
 
 def test_trained_weights_match(trained):
@@ -214,10 +229,10 @@ def test_trained_weights_match(trained):
     rounding noise into a visible difference of that one element (seen: 6e-5 on a 0.04 weight)."""
     root = trained["root"]
     ours, reference = (
-        load_file(str(root / "jax" / "adapter_model.safetensors")),
-        load_file(str(root / "torch" / "adapter_model.safetensors")),
+        load_file(str(root / "jax" / "final" / "adapter_model.safetensors")),
+        load_file(str(root / "torch" / "final" / "adapter_model.safetensors")),
     )
-    initial = load_file(str(trained["initial"] / "adapter_model.safetensors"))
+    initial = load_file(str(root / "torch" / "initial" / "adapter_model.safetensors"))
     assert sorted(ours) == sorted(reference)
     diff = np.sqrt(sum(((ours[k] - reference[k]) ** 2).sum() for k in reference))
     norm = np.sqrt(sum((reference[k] ** 2).sum() for k in reference))
@@ -228,11 +243,28 @@ def test_trained_weights_match(trained):
     assert diff / update < 1e-3
 
 
+@pytest.mark.parametrize("first, then", [("torch", "jax"), ("jax", "torch")])
+def test_checkpoint_resumes_on_the_other_backend(trained, tiny_dir, first, then):
+    """A checkpoint written by one backend at RESUME_AT (adapter + the core's portable AdamW
+    state) continues on the other backend along the trajectory of the uninterrupted run."""
+    other = {"jax": JaxBackend, "torch": TorchBackend}[then]
+    resumed = load(other, tiny_dir, trained["config"])
+    resumed.load_adapter(trained["root"] / first / "checkpoint")
+    resumed.load_state(trained["root"] / first / "checkpoint")
+    losses = train_steps(resumed, trained["windows"][RESUME_AT:])
+    np.testing.assert_allclose(losses, trained["losses"][first][RESUME_AT:], rtol=RTOL, atol=0)
+    # Without the moments the continuation would differ (the check above is not vacuous).
+    fresh = load(other, tiny_dir, trained["config"])
+    fresh.load_adapter(trained["root"] / first / "checkpoint")
+    without_state = train_steps(fresh, trained["windows"][RESUME_AT : RESUME_AT + 3])
+    assert abs(without_state[-1] - losses[2]) > 100 * RTOL * abs(losses[2])
+
+
 def test_jax_adapter_loads_in_peft(trained, tiny_dir):
     from peft import PeftModel
     from transformers import LlamaForCausalLM
 
-    adapter = trained["root"] / "jax"
+    adapter = trained["root"] / "jax" / "final"
     base = LlamaForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
     batch = random_batch(7)
@@ -250,6 +282,6 @@ def test_torch_adapter_loads_in_jax(trained):
     # Reuses the trained jax backend (a fresh one would compile again): load_adapter replaces
     # every LoRA array, so what it held before does not matter.
     jax_backend = trained["backends"]["jax"]
-    jax_backend.load_adapter(trained["root"] / "torch")
+    jax_backend.load_adapter(trained["root"] / "torch" / "final")
     batch = random_batch(8)
     assert relative_error(jax_backend.logits(batch), trained["backends"]["torch"].logits(batch)) < 1e-4
