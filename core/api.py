@@ -19,7 +19,8 @@ What is named here is the contract (docs/plugins.md describes each part); everyt
 - the optimizer: ``ADAMW_BETAS``, ``ADAMW_EPS``, ``AdamWState``, ``read_optimizer_state``,
   ``write_optimizer_state``;
 - files: ``read_tensors``, ``write_tensors`` (safetensors), ``read_json_object``,
-  ``atomic_write_bytes``, ``atomic_write_text``, ``atomic_write_json``.
+  ``atomic_write_bytes``, ``atomic_write_text``, ``atomic_write_json``;
+- several processes or devices: ``Communicator``, ``mesh_sizes``, ``shard_rows``, ``check_divisible``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from loraswitch.core.errors import UserError
 from loraswitch.core.files.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from loraswitch.core.files.json_file import read_json_object
 from loraswitch.core.files.safetensors_file import read_tensors, write_tensors
+from loraswitch.core.training.parallel import Communicator, check_divisible, mesh_sizes, shard_rows
 from loraswitch.core.types import IGNORE_INDEX, Batch, MicroStep, ModelSource, RunContext, TokenizedExample
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "AdapterConfig",
     "Backend",
     "Batch",
+    "Communicator",
     "Config",
     "LossValue",
     "MicroStep",
@@ -75,6 +78,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_divisible",
     "check_matches_run",
     "dropout_site",
     "element_hash",
@@ -84,6 +88,7 @@ __all__ = [
     "keep_mask",
     "key_table",
     "lora_a",
+    "mesh_sizes",
     "module_path",
     "module_paths",
     "read_adapter_config",
@@ -93,6 +98,7 @@ __all__ = [
     "read_tensors",
     "resolve_target_modules",
     "scale",
+    "shard_rows",
     "tensor_name",
     "threshold",
     "write_adapter",
