@@ -36,10 +36,11 @@ from loraswitch.core.types import Batch, MicroStep, ModelSource
 
 
 def dropout_seed(seed: int, step: int, micro: int, rank: int | None = None) -> int:
-    """With ``dropout_masks: framework``, a stateless seed for torch's generator in one micro-step: resume replays the same masks
-    without saving any RNG state. SeedSequence mixes the numbers without collisions that a
-    linear formula would have, and unlike ``hash`` it is stable across processes. Processes of
-    one run pass their ``rank``, so their blocks of a micro-batch get independent masks."""
+    """With ``dropout_masks: framework``, a stateless seed for torch's generator in one
+    micro-step: resume replays the same masks without saving any RNG state. SeedSequence mixes
+    the numbers without collisions that a linear formula would have, and unlike ``hash`` it is
+    stable across processes. Processes of one run pass their ``rank``, so their blocks of a
+    micro-batch get independent masks."""
     entropy = [seed, step, micro] if rank is None else [seed, step, micro, rank]
     words = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return (int(words[0]) << 31) | (int(words[1]) >> 1)

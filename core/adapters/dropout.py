@@ -11,7 +11,8 @@ function of integers, a counter-based hash in the manner of Philox or Threefry b
 - ``token`` is the position's index in the *global* micro-batch, row * T + t, with row the row
   of the whole micro-batch (a data-parallel process adds the index of its first row), and
   ``feature`` the index along the LoRA input's last axis. The mask does not depend on the device
-  count, the sharding, or the order anything runs in; a resumed run replays it exactly.
+  count, the sharding, or the order anything runs in; a resumed run replays it exactly. Both
+  indices are 32-bit (a micro-batch of up to 2^32 positions); seeds count modulo 2^64.
 
 The hash is built from 32-bit xor, right shift and multiplication by constants below 2^31
 (``mix32``, the xorshift-multiply finaliser "lowbias32" from Chris Wellons' hash-prospector,
