@@ -27,15 +27,19 @@ class Backend(Protocol):
 
     def load(self, model: ModelSource, config: Config, *, train: bool = True) -> None:
         """Load base weights from ``model``, freeze them, add LoRA (config.lora_r, lora_alpha,
-        lora_dropout, lora_target_modules, use_rslora) and, if ``train``, build the AdamW
-        optimizer over the LoRA parameters only. Unknown target module names, unsupported
-        architectures and shape mismatches raise ``UserError`` naming the file or key."""
+        lora_dropout, lora_target_modules, use_rslora) initialised with the core's
+        ``initial_adapter`` and, if ``train``, build the AdamW optimizer (``ADAMW_BETAS``,
+        ``ADAMW_EPS``, config.weight_decay) over the LoRA parameters only, which stay fp32 under
+        bf16. Unknown target module names, unsupported architectures and shape mismatches raise
+        ``UserError`` naming the file or key."""
 
     def micro_step(self, micro: MicroStep) -> LossValue:
         """Forward + backward one micro-batch with loss weight ``micro.weight``; on
         ``micro.apply_update`` apply AdamW at ``micro.lr`` and reset the accumulator.
         Returns this micro-batch's contribution ``weight * loss_sum`` (the window's loss is
-        the sum of the contributions)."""
+        the sum of the contributions). Dropout masks: the core's portable masks keyed by
+        (config.seed, micro.step, micro.micro), or with ``dropout_masks: framework`` the
+        framework's generator, stateless in the same numbers."""
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         """Sum of target-token cross-entropy and the number of target tokens, no dropout."""
@@ -63,10 +67,12 @@ class Backend(Protocol):
         """Load a PEFT-format adapter (from any backend) into the LoRA layers."""
 
     def save_state(self, directory: Path) -> None:
-        """Write optimizer and RNG state into ``directory`` as safetensors + JSON only."""
+        """Write the AdamW state in the core's portable format (``write_optimizer_state``), plus
+        any state of the backend's own, as safetensors + JSON only."""
 
     def load_state(self, directory: Path) -> None:
-        """Restore what ``save_state`` wrote; a mismatch raises ``UserError`` naming the file."""
+        """Restore the portable AdamW state, whichever backend wrote it; a mismatch raises
+        ``UserError`` naming the file. Files of the backend's own are optional."""
 
     def describe(self) -> dict[str, Any]:
         """Facts for summary.json and the bench: framework/version, device, precision,

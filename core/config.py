@@ -70,6 +70,12 @@ class Config(BaseModel):
         description="Extra arguments for the model's chat template, e.g. {enable_thinking: false} for Qwen3; used "
         "in training, evaluation and generation and recorded with the adapter (loraswitch.json).",
     )
+    dropout_masks: Literal["portable", "framework"] = Field(
+        "portable",
+        description="LoRA dropout masks: portable (a hash of seed, step, micro-batch, layer, module and element: "
+        "the same masks on every backend, device and device count) or framework (the framework's own "
+        "random generator: torch.manual_seed / jax.random; masks differ between backends).",
+    )
     max_seq_len: int = Field(1024, gt=1, description="Examples longer than this are truncated (and counted).")
     packing: bool = Field(False, description="Pack several examples into each max_seq_len row instead of padding.")
     seed: int = Field(0, ge=0, description="Seeds the split, the data order, LoRA init and dropout.")

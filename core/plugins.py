@@ -205,7 +205,14 @@ def create_backend(name: str) -> Any:
     backends = get_backends()
     if name not in backends:
         known = ", ".join(sorted(backends)) or "none"
-        raise UserError(f"backend: unknown backend {name!r}; known backends: {known}")
+        hidden = _hidden_provider(name)
+        why = (
+            f"; the installed plugin {hidden!r} registers it, but LORASWITCH_PLUGINS="
+            f"{os.environ.get('LORASWITCH_PLUGINS', '')!r} does not load it (add {hidden} to it, or unset it)"
+            if hidden
+            else ""
+        )
+        raise UserError(f"backend: unknown backend {name!r}; known backends: {known}{why}")
     info = backends[name]
     if info.missing:
         raise UserError(
@@ -218,3 +225,30 @@ def create_backend(name: str) -> Any:
         raise UserError(
             f"backend: {name!r} failed to import its framework ({e}); install it with: {info.install_hint}"
         ) from e
+
+
+def _hidden_provider(backend: str) -> str | None:
+    """The entry-point plugin that LORASWITCH_PLUGINS leaves out and that would register
+    ``backend``, if any: each hidden plugin is imported (plugins import their framework only in
+    the factory, so this is cheap) and its register_backends called with a recorder."""
+    allow = os.environ.get("LORASWITCH_PLUGINS")
+    if allow is None:
+        return None
+    allowed = {n.strip() for n in allow.split(",") if n.strip()}
+    for ep in importlib.metadata.entry_points(group="loraswitch"):
+        if ep.name not in allowed and _registers(ep, backend):
+            return ep.name
+    return None
+
+
+def _registers(ep: importlib.metadata.EntryPoint, backend: str) -> bool:
+    try:
+        plugin = ep.load()
+    except Exception:  # a broken plugin may be why it is hidden: judge by its name alone
+        return ep.name == backend
+    names: list[str] = []
+    try:
+        plugin.register_backends(register=lambda name, *args, **kwargs: names.append(name))
+    except Exception:
+        return False
+    return backend in names

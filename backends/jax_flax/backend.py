@@ -31,9 +31,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from loraswitch.backends.jax_flax import adapter as peft_format
-from loraswitch.backends.jax_flax import optimizer, processes
-from loraswitch.backends.jax_flax.lora import init_lora_a, lora_scaling
+from loraswitch.backends.jax_flax import lora_layout, optimizer, processes
+from loraswitch.backends.jax_flax.lora import lora_scaling
 from loraswitch.backends.jax_flax.model import DecoderLM, empty_cache
 from loraswitch.backends.jax_flax.options import choose_options
 from loraswitch.backends.jax_flax.sharding import (
@@ -48,6 +47,10 @@ from loraswitch.backends.jax_flax.sharding import (
 from loraswitch.backends.jax_flax.steps import Statics, compiled_functions
 from loraswitch.backends.jax_flax.trees import named_leaves, replace_leaves
 from loraswitch.backends.jax_flax.weights import load_weights, random_weights
+from loraswitch.core.adapters import dropout as portable_dropout
+from loraswitch.core.adapters import peft_format
+from loraswitch.core.adapters.init import initial_adapter
+from loraswitch.core.adapters.optimizer_state import read_state, write_state
 from loraswitch.core.errors import UserError
 from loraswitch.core.export.fingerprint import write_base_fingerprint
 from loraswitch.core.models import families
@@ -128,6 +131,7 @@ class JaxBackend:
             config.seed,
             self.options.prng,
             config.lora_dropout,
+            config.dropout_masks,
             config.weight_decay,
             config.max_grad_norm,
             self.layout,
@@ -136,6 +140,7 @@ class JaxBackend:
         init = optimizer.accumulate(self.fn.inner_tx, 1).init
         self.opt_state = jax.jit(init, out_shardings=self.layout.replicated)(self.lora) if train else None
         self._next_micro = 0
+        self._no_keys = np.zeros((self.spec.num_layers, portable_dropout.N_MODULES, 2), np.uint32)
         self._loaded = True
 
     def _check_batch_size(self, config: Config) -> None:
@@ -149,18 +154,15 @@ class JaxBackend:
                 "hide the others, e.g. CUDA_VISIBLE_DEVICES=0)"
             ) from None
 
-    def _init_lora(self, seed: int) -> dict[str, tuple[jax.Array, jax.Array]]:
-        """peft's init: A uniform(+-1/sqrt(in)), B zero, so training starts from the base model."""
-        root = jax.random.fold_in(jax.random.PRNGKey(seed), 0x10A)
-        out = {}
-        for i, (name, (n_in, n_out)) in enumerate(self.spec.linear_dims().items()):
-            if name in self.targets:
-                L = self.spec.num_layers
-                out[name] = (
-                    init_lora_a(jax.random.fold_in(root, i), (L, n_in, self.rank)),
-                    jnp.zeros((L, self.rank, n_out), jnp.float32),
-                )
-        return out
+    def _init_lora(self, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The core's initial adapter (A drawn with numpy from seed and module path, B zero),
+        stacked over layers: the same numbers every backend starts from."""
+        tensors = initial_adapter(seed, lora_layout.module_features(self.spec, self.targets), self.rank)
+        stacked = lora_layout.from_peft(tensors, self.spec, self.targets, self.rank)
+        return {
+            name: (stacked[lora_layout.state_name(name, "A")], stacked[lora_layout.state_name(name, "B")])
+            for name in self.targets
+        }
 
     def _require(self, train: bool = False) -> None:
         if not self._loaded:
@@ -188,9 +190,17 @@ class JaxBackend:
             np.int32(micro.window_size),
             np.int32(micro.step),
             np.int32(micro.micro),
+            self._dropout_keys(micro),
         )
         self._next_micro = 0 if micro.apply_update else micro.micro + 1
         return loss
+
+    def _dropout_keys(self, micro: MicroStep) -> np.ndarray:
+        """The core's portable key table of this micro-step (uint32 [layers, modules, 2]); zeros,
+        unused, when there is no dropout or masks come from jax.random."""
+        if self.config.dropout_masks != "portable" or self.config.lora_dropout == 0:
+            return self._no_keys
+        return portable_dropout.key_table(self.config.seed, micro.step, micro.micro, self.spec.num_layers)
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         self._require()
@@ -264,67 +274,37 @@ class JaxBackend:
     def save_adapter(self, directory: Path) -> None:
         self._require()
         lora = {name: to_host(v) for name, v in named_leaves(self.lora).items()}
-        config = peft_format.peft_config(
-            r=self.rank,
-            alpha=self.config.lora_alpha,
-            dropout=self.config.lora_dropout,
-            targets=self.targets,
-            use_rslora=self.config.use_rslora,
-            base_model=self.source.name,
-        )
-        peft_format.save_adapter(Path(directory), lora, self.spec, config)
+        config = peft_format.AdapterConfig.of_run(self.config, self.source.name)
+        peft_format.write_adapter(Path(directory), config, lora_layout.to_peft(lora, self.spec, self.targets))
         write_base_fingerprint(Path(directory), self.source.path, self.source.name)  # checked by `loraswitch merge`
 
     def load_adapter(self, directory: Path) -> None:
         self._require()
         directory = Path(directory)
-        config = peft_format.read_adapter_config(directory)
-        file = directory / peft_format.CONFIG_FILE
-        targets = peft_format.adapter_targets(config, file, self.spec)
-        ours = {"r": self.rank, "lora_alpha": self.config.lora_alpha, "use_rslora": self.config.use_rslora}
-        keys = {"r": "lora_r", "lora_alpha": "lora_alpha", "use_rslora": "use_rslora"}
-        defaults = {"r": 8, "lora_alpha": 8, "use_rslora": False}  # peft's defaults for absent keys
-        for key, value in ours.items():
-            theirs = config.get(key, defaults[key])
-            same = (
-                theirs == value
-                if isinstance(value, bool)
-                else (isinstance(theirs, (int, float)) and math.isclose(theirs, value))
-            )
-            if not same:
-                raise UserError(
-                    f"{file}: {key} = {theirs!r} but this run has {keys[key]} = {value!r}; "
-                    f"set {keys[key]} to {theirs!r} to use this adapter"
-                )
-        if targets != self.targets:
-            raise UserError(
-                f"{file}: target_modules = {targets} but this run has lora_target_modules = "
-                f"{self.targets}; set lora_target_modules to match the adapter"
-            )
-        arrays = peft_format.load_adapter_arrays(directory, self.spec, targets, self.rank)
+        peft_format.check_matches_run(peft_format.read_adapter_config(directory), self.config, directory)
+        expected = peft_format.expected_shapes(lora_layout.module_features(self.spec, self.targets), self.rank)
+        tensors = peft_format.read_adapter_weights(directory, expected)
+        arrays = lora_layout.from_peft(tensors, self.spec, self.targets, self.rank)
         self.lora = replace_leaves(self.lora, replicate(arrays, self.layout))
 
     def save_state(self, directory: Path) -> None:
         self._require(train=True)
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = jax.tree.map(to_host, self.opt_state)  # whole arrays: replicated, so no collective
-        meta = {
-            "backend": self.name,
-            "seed": self.config.seed,
-            "mini_step": int(state.mini_step),
-            "gradient_step": int(state.gradient_step),
-            "dropout_prng": self.options.prng,
-            "versions": self._versions(),
-        }
-        if meta["mini_step"] != self._next_micro:
-            raise RuntimeError(f"optimizer is at micro {meta['mini_step']} but the backend counted {self._next_micro}")
-        optimizer.save_state(directory, state, meta)
+        if int(state.mini_step) != self._next_micro:
+            raise RuntimeError(
+                f"optimizer is at micro {int(state.mini_step)} but the backend counted {self._next_micro}"
+            )
+        extra = {"backend": self.name, "framework": f"jax {jax.__version__}", "seed": self.config.seed}
+        portable = optimizer.to_portable(state, self.spec, self.targets)
+        write_state(Path(directory), portable, weight_decay=self.config.weight_decay, extra=extra)
 
     def load_state(self, directory: Path) -> None:
         self._require(train=True)
-        self.opt_state = replicate(optimizer.load_state(Path(directory), self.opt_state), self.layout)
-        self._next_micro = int(self.opt_state.mini_step)
+        expected = peft_format.expected_shapes(lora_layout.module_features(self.spec, self.targets), self.rank)
+        portable = read_state(Path(directory), expected)
+        state = optimizer.from_portable(self.opt_state, portable, self.spec, self.targets, self.rank)
+        self.opt_state = replicate(state, self.layout)
+        self._next_micro = 0
 
     # ------------------------------------------------------------------ facts
 

@@ -25,6 +25,8 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from loraswitch.core.adapters import dropout as portable
+
 # The checkpoint_name of a fused product's output. The product runs inside a custom VJP, whose
 # dots the "dots" rematerialisation policy does not see: under it the product is recomputed in
 # backward; the policy "dots+fused" (options.py) saves it by this name.
@@ -35,26 +37,34 @@ def lora_scaling(alpha: float, rank: int, use_rslora: bool) -> float:
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
 
 
-def init_lora_a(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """peft's default: kaiming_uniform(a=sqrt(5)) on lora_A.weight [r, in], i.e.
-    uniform(-1/sqrt(in), 1/sqrt(in)); ``shape`` is [..., in, r] (our layout)."""
-    bound = 1.0 / math.sqrt(shape[-2])
-    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
-
-
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     """Inverted dropout (as torch.nn.Dropout); identity without a key (eval) or at rate 0.
 
-    The mask compares raw 32-bit random words with rate * 2^32 (keep probability exact to
-    2^-32) instead of converting them to floats first as ``jax.random.bernoulli`` does; the
-    arithmetic stays in the input's dtype (bf16 on GPU), as torch's dropout does."""
+    ``key`` is either this module's (token key, feature key), uint32 [2], from the core's key
+    table (config ``dropout_masks: portable``: the core's hash of the global token and feature
+    index, the same mask as every other backend's), or a jax PRNG key (``framework``), whose
+    mask compares raw 32-bit random words with rate * 2^32 instead of converting them to floats
+    first as ``jax.random.bernoulli`` does. Either way the keep probability is exact to 2^-32
+    and the arithmetic stays in the input's dtype (bf16 on GPU), as torch's dropout does."""
     if key is None or rate == 0.0:
         return x
     if rate >= 1.0:
         return jnp.zeros_like(x)
-    threshold = np.uint32(min(round(rate * 2.0**32), 2**32 - 1))
-    keep = jax.random.bits(key, x.shape, jnp.uint32) >= threshold
-    return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros((), x.dtype))
+    if key.dtype == jnp.uint32:
+        keep = portable_keep(x.shape, key, rate)
+    else:
+        keep = jax.random.bits(key, x.shape, jnp.uint32) >= np.uint32(portable.threshold(rate))
+    return jnp.where(keep, x * jnp.asarray(portable.scale(rate), x.dtype), jnp.zeros((), x.dtype))
+
+
+def portable_keep(shape: tuple[int, ...], key: jax.Array, rate: float) -> jax.Array:
+    """The core's portable keep mask for an input of ``shape`` [..., features] in uint32
+    arithmetic (x64 is off; uint32 products wrap mod 2^32 as the hash wants). Inside the jitted
+    step the arrays are global, so the row-major position index is the global token index."""
+    tokens = jnp.arange(math.prod(shape[:-1]), dtype=jnp.uint32).reshape(shape[:-1])
+    features = jnp.arange(shape[-1], dtype=jnp.uint32)
+    hashes = portable.element_hash(key[0], key[1], tokens, features, wide=False)
+    return hashes >= np.uint32(portable.threshold(rate))
 
 
 class LoRALinear(nnx.Module):

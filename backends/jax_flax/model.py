@@ -30,6 +30,7 @@ from jax.ad_checkpoint import checkpoint_name
 from loraswitch.backends.jax_flax.lora import FUSED_NAME, LoRALinear, fused_projections
 from loraswitch.backends.jax_flax.options import Options
 from loraswitch.backends.jax_flax.rope import apply_rope, cos_sin, inv_frequencies
+from loraswitch.core.adapters.modules import MODULE_NUMBERS
 from loraswitch.core.models.families import ModelSpec
 from loraswitch.core.types import IGNORE_INDEX
 
@@ -147,15 +148,24 @@ class Block(nnx.Module):
         self.linear_names = spec.linear_names
 
     def __call__(self, x, cos, sin, key_mask, key, cache, start, window=None):
-        # One dropout key per linear, numbered by its place in the block (as peft draws one mask per module).
-        numbers = {name: i for i, name in enumerate(self.linear_names)}
-        keys = (lambda name: None) if key is None else (lambda name: jax.random.fold_in(key, numbers[name]))
+        keys = _module_keys(key)
         attn, new_cache = self.self_attn(
             rms_norm(x, self.input_layernorm[...], self.eps), cos, sin, key_mask, keys, cache, start, window
         )
         x = x + attn
         x = x + self.mlp(rms_norm(x, self.post_attention_layernorm[...], self.eps), keys)
         return x, new_cache
+
+
+def _module_keys(key: jax.Array | None):
+    """name -> that linear's dropout key, by its fixed number (core/adapters/modules.py: q_proj 0
+    ... down_proj 6, as peft draws one mask per module): a row of this layer's portable key table
+    (uint32 [modules, 2]) or a PRNG key folded; None without dropout."""
+    if key is None:
+        return lambda name: None
+    if key.dtype == jnp.uint32:
+        return lambda name: key[MODULE_NUMBERS[name]]
+    return lambda name: jax.random.fold_in(key, MODULE_NUMBERS[name])
 
 
 def empty_cache(spec: ModelSpec, dtype, batch: int, length: int) -> Cache:
@@ -245,7 +255,10 @@ class DecoderLM(nnx.Module):
         positions = start + jnp.arange(T)
         cos, sin = cos_sin(positions[None], inv_frequencies(self.spec.rope, self.spec.head_dim), self.dtype)
         graphdef, stacked = nnx.split(self.layers)
-        layer_keys = None if dropout_key is None else jax.random.split(dropout_key, self.spec.num_layers)
+        # dropout_key: the portable key table [layers, modules, 2] (scanned as it is) or a PRNG key
+        layer_keys = dropout_key
+        if dropout_key is not None and dropout_key.dtype != jnp.uint32:
+            layer_keys = jax.random.split(dropout_key, self.spec.num_layers)
 
         def one_layer(x, per_layer):
             layer_state, key, layer_cache, window = per_layer

@@ -7,13 +7,14 @@
   normalise over the whole window, so the summed gradient is what torch's ``.backward()``
   accumulates. Its ``every_k_schedule`` returns the window size the core passes with each
   micro-step (a traced argument), so the short last window of an epoch is followed exactly.
-- State checkpoints are safetensors (leaves under '/'-joined names) + JSON, checked name by name.
+- Checkpoints hold the core's portable AdamW state (core/adapters/optimizer_state.py: moments
+  per PEFT tensor name, the update count), so a run continues on another backend;
+  ``to_portable`` / ``from_portable`` convert at the window boundary, where MultiSteps'
+  accumulator is empty.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,18 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from loraswitch.backends.jax_flax import lora_layout
 from loraswitch.backends.jax_flax.trees import named_leaves, replace_leaves
-from loraswitch.core.errors import UserError
-from loraswitch.core.files.json_file import read_json_object
-
-STATE_FILE = "jax_optimizer.safetensors"
-META_FILE = "jax_optimizer.json"
-FORMAT = "loraswitch-jax-optimizer/1"
+from loraswitch.core.adapters.optimizer_state import BETAS, EPS, AdamWState
+from loraswitch.core.models.families import ModelSpec
 
 
 def inner_optimizer(weight_decay: float, max_grad_norm: float | None) -> optax.GradientTransformation:
     adamw = optax.inject_hyperparams(optax.adamw)(
-        learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay
+        learning_rate=0.0, b1=BETAS[0], b2=BETAS[1], eps=EPS, weight_decay=weight_decay
     )
     if max_grad_norm:
         return optax.chain(optax.clip_by_global_norm(max_grad_norm), adamw)
@@ -60,57 +58,36 @@ def set_learning_rate(state: optax.MultiStepsState, lr) -> optax.MultiStepsState
     return state._replace(inner_opt_state=inner)
 
 
-def save_state(directory: Path, state: Any, meta: dict[str, Any]) -> None:
-    from safetensors.numpy import save_file
-
-    arrays = {name: np.asarray(jax.device_get(v)) for name, v in named_leaves(state).items()}
-    save_file(arrays, str(directory / STATE_FILE))
-    described = {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()}
-    (directory / META_FILE).write_text(json.dumps({"format": FORMAT, **meta, "tensors": described}, indent=2) + "\n")
-
-
-def read_meta(directory: Path) -> dict[str, Any]:
-    file = directory / META_FILE
-    if not file.is_file():
-        others = sorted(p.name for p in directory.glob("*optim*")) if directory.is_dir() else []
-        hint = (
-            f" (found {', '.join(others)}: was it written by another backend? resume with that one)" if others else ""
-        )
-        raise UserError(f"{file}: missing; the jax backend's optimizer state is not in this checkpoint{hint}")
-    meta = read_json_object(file)
-    if meta.get("format") != FORMAT:
-        raise UserError(f"{file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
+def to_portable(state: Any, spec: ModelSpec, targets: list[str]) -> AdamWState:
+    """The core's portable AdamW state of a MultiSteps state at a window boundary (host arrays)."""
+    named = {name: np.asarray(jax.device_get(v)) for name, v in named_leaves(state).items()}
+    if int(named["mini_step"]) != 0:
+        raise RuntimeError("the optimizer state is mid-window; the engine checkpoints between windows only")
+    mu = {name.split("/mu/", 1)[1]: v for name, v in named.items() if "/mu/" in name}
+    nu = {name.split("/nu/", 1)[1]: v for name, v in named.items() if "/nu/" in name}
+    return AdamWState(
+        int(named["gradient_step"]), lora_layout.to_peft(mu, spec, targets), lora_layout.to_peft(nu, spec, targets)
+    )
 
 
-def load_state(directory: Path, template: Any) -> Any:
-    """The state saved in ``directory``, with the tree structure of ``template`` (a fresh init)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    read_meta(directory)
-    file = directory / STATE_FILE
-    if not file.is_file():
-        raise UserError(f"{file}: missing; the checkpoint is incomplete")
-    try:
-        arrays = load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{file}: cannot read ({e})") from e
-    expected = named_leaves(template)
-    for name in expected:
-        if name not in arrays:
-            raise UserError(
-                f"{file}: key {name!r} is missing; the checkpoint was written for another LoRA "
-                f"configuration (lora_r, lora_target_modules, max_grad_norm)"
-            )
-        want = jnp.asarray(expected[name])
-        got = arrays[name]
-        if tuple(got.shape) != tuple(want.shape) or np.dtype(got.dtype) != np.dtype(want.dtype):
-            raise UserError(
-                f"{file}: key {name!r} has shape {list(got.shape)} {got.dtype}, the model needs "
-                f"{list(want.shape)} {want.dtype}; the checkpoint was written for another configuration"
-            )
-    extra = sorted(set(arrays) - set(expected))
-    if extra:
-        raise UserError(f"{file}: unexpected key {extra[0]!r}; the checkpoint was written for another configuration")
-    return replace_leaves(template, {name: jnp.asarray(a) for name, a in arrays.items()})
+def from_portable(template: Any, portable: AdamWState, spec: ModelSpec, targets: list[str], r: int) -> Any:
+    """A MultiSteps state like ``template`` (a fresh init) holding ``portable``'s moments and
+    count: every count (MultiSteps' gradient_step, inject_hyperparams' and adam's count) is the
+    number of updates, the window is empty (mini_step 0, zero accumulator), and the
+    hyperparameters are the template's (the learning rate is set again every micro-step)."""
+    mu = lora_layout.from_peft(portable.exp_avg, spec, targets, r)
+    nu = lora_layout.from_peft(portable.exp_avg_sq, spec, targets, r)
+    values = {}
+    for name, leaf in named_leaves(template).items():
+        dtype = jnp.asarray(leaf).dtype
+        if name == "gradient_step" or name.endswith("/count"):
+            values[name] = jnp.asarray(portable.step, dtype)
+        elif "/mu/" in name:
+            values[name] = jnp.asarray(mu[name.split("/mu/", 1)[1]], dtype)
+        elif "/nu/" in name:
+            values[name] = jnp.asarray(nu[name.split("/nu/", 1)[1]], dtype)
+        elif name == "mini_step" or name.startswith("acc_grads/"):
+            values[name] = jnp.zeros_like(leaf)
+        else:
+            values[name] = leaf
+    return replace_leaves(template, values)

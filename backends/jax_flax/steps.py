@@ -3,8 +3,9 @@
 They take the LoRA and frozen states as arguments and close over nothing but ``Statics``
 (the graph definition and the LoRA/optimizer settings). The micro-step donates the LoRA and
 optimizer buffers, syncs nothing with the host (the loss comes back as a device scalar the
-engine converts once per window) and derives its dropout key from (seed, step, micro), so a
-resumed run replays identical randomness. Batch shapes vary with the padding bucket; jit keeps
+engine converts once per window) and takes its dropout keys from (seed, step, micro): the
+core's portable key table, or a jax PRNG key folded from them, so a resumed run replays
+identical randomness. Batch shapes vary with the padding bucket; jit keeps
 one executable per shape.
 
 On several devices the same functions run as one SPMD program (sharding.py): the arguments
@@ -50,6 +51,7 @@ class Statics:
     seed: int
     prng: str
     dropout_rate: float
+    dropout_masks: str  # portable: keys from the core's table; framework: jax.random
     weight_decay: float
     max_grad_norm: float | None
     layout: Layout
@@ -73,10 +75,14 @@ def compiled_functions(statics: Statics) -> Functions:
     def split_rows(*arrays):
         return tuple(jax.lax.with_sharding_constraint(a, rows) for a in arrays)
 
-    def micro_step(lora, opt_state, frozen, input_ids, attention_mask, labels, weight, lr, window, step, micro):
+    def micro_step(
+        lora, opt_state, frozen, input_ids, attention_mask, labels, weight, lr, window, step, micro, key_table
+    ):
         input_ids, attention_mask, labels = split_rows(input_ids, attention_mask, labels)
         key = None
-        if rate > 0:
+        if rate > 0 and statics.dropout_masks == "portable":
+            key = key_table  # uint32 [layers, modules, 2], computed on the host by the core
+        elif rate > 0:
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed, impl=prng), step), micro)
 
         def weighted_loss(lora):

@@ -21,8 +21,9 @@ import numpy as np
 
 from loraswitch.backends.jax_flax.sharding import Layout, put_from
 from loraswitch.core.errors import UserError
+from loraswitch.core.files.safetensors_file import read_header
 from loraswitch.core.models.families import ModelSpec
-from loraswitch.core.models.model_dir import read_safetensors_header, weight_files
+from loraswitch.core.models.model_dir import weight_files
 
 # The float dtypes core/models/model_dir.py accepts for base weights (it refuses the others).
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
@@ -36,7 +37,7 @@ class SafetensorsFiles:
         self.path = path
         self.entries: dict[str, tuple[Path, int, dict]] = {}
         for file in files:
-            header = read_safetensors_header(file)
+            header = read_header(file)
             with open(file, "rb") as f:
                 data_start = 8 + struct.unpack("<Q", f.read(8))[0]
             for name, info in header.items():

@@ -22,10 +22,13 @@ import numpy as np
 import torch
 
 from loraswitch.backends.torch_peft import adapter, optimizer, processes
+from loraswitch.backends.torch_peft import dropout as portable_dropout
 from loraswitch.backends.torch_peft.attention import attention_choice, attention_context, kernel_used
 from loraswitch.backends.torch_peft.generation import generate_tokens
 from loraswitch.backends.torch_peft.loss import chunk_loss, chunk_loss_and_grad, target_cross_entropy, target_positions
 from loraswitch.backends.torch_peft.model import Placement, choose_placement, load_base_model, resolve_targets
+from loraswitch.core.adapters import optimizer_state, peft_format
+from loraswitch.core.adapters.init import initial_adapter
 from loraswitch.core.backend import LossValue
 from loraswitch.core.config import Config
 from loraswitch.core.export.fingerprint import write_base_fingerprint
@@ -34,10 +37,11 @@ from loraswitch.core.types import Batch, MicroStep, ModelSource
 
 
 def dropout_seed(seed: int, step: int, micro: int, rank: int | None = None) -> int:
-    """A stateless seed for the dropout of one micro-step: resume replays the same masks
-    without saving any RNG state. SeedSequence mixes the numbers without collisions that a
-    linear formula would have, and unlike ``hash`` it is stable across processes. Processes of
-    one run pass their ``rank``, so their blocks of a micro-batch get independent masks."""
+    """With ``dropout_masks: framework``, a stateless seed for torch's generator in one
+    micro-step: resume replays the same masks without saving any RNG state. SeedSequence mixes
+    the numbers without collisions that a linear formula would have, and unlike ``hash`` it is
+    stable across processes. Processes of one run pass their ``rank``, so their blocks of a
+    micro-batch get independent masks."""
     entropy = [seed, step, micro] if rank is None else [seed, step, micro, rank]
     words = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return (int(words[0]) << 31) | (int(words[1]) >> 1)
@@ -96,18 +100,13 @@ class TorchBackend:
                 from loraswitch.backends.torch_peft.sharding import load_sharded_peft_model
 
                 targets = _checked_targets_on_meta(model, config.lora_target_modules)
-                self.model = load_sharded_peft_model(
-                    model, self.placement, lora_config(targets), config.seed, self.group
-                )
+                self.model = load_sharded_peft_model(model, self.placement, lora_config(targets), self.group)
             else:
                 base = load_base_model(model, self.placement)
                 targets = resolve_targets(model, base, config.lora_target_modules)
-                # peft creates LoRA A on the host and moves it: the same seed gives the same init on CPU and GPU.
-                torch.manual_seed(config.seed)
                 # LoRA weights stay fp32 under a bf16 base (autocast_adapter_dtype), so AdamW updates them in fp32.
                 self.model = get_peft_model(base, lora_config(targets), autocast_adapter_dtype=True)
         self.targets = targets
-        self.model.peft_config[adapter.ADAPTER_NAME].base_model_name_or_path = model.name
         self.autocast = self.placement.dtype == torch.bfloat16
         if self.autocast:
             # Under autocast the LoRA matmuls run in bf16; peft's own cast of the input to the fp32
@@ -116,6 +115,12 @@ class TorchBackend:
                 if hasattr(module, "cast_input_dtype_enabled"):
                     module.cast_input_dtype_enabled = False
         self.params = adapter.lora_parameters(self.model)
+        # The core draws the initial adapter (numpy, seeded by seed and module path): the same
+        # numbers on every backend and device, instead of peft's draw from torch's generator.
+        adapter.copy_into(
+            self.params, initial_adapter(config.seed, adapter.module_features(self.params), config.lora_r)
+        )
+        self._dropout_keys = self._portable_dropout(config)
         causal_lm = self.model.get_base_model()
         self.decoder, self.head = causal_lm.model, causal_lm.lm_head
 
@@ -139,14 +144,35 @@ class TorchBackend:
             self.optimizer = torch.optim.AdamW(
                 list(self.params.values()),
                 lr=config.learning_rate_multiplier,
-                betas=(0.9, 0.999),
-                eps=1e-8,
+                betas=optimizer_state.BETAS,
+                eps=optimizer_state.EPS,
                 weight_decay=config.weight_decay,
                 fused=self.placement.device.type == "cuda",
             )
             self.model.train()
         else:
             self.model.eval()
+
+    def _portable_dropout(self, config: Config) -> portable_dropout.KeyTable | None:
+        """Replace peft's dropout modules by the portable mask (config dropout_masks), keyed by
+        a table this backend refreshes every micro-step; None when masks come from torch's RNG."""
+        if config.dropout_masks != "portable" or config.lora_dropout == 0:
+            return None
+        first_row = 0
+        if self.group is not None:  # this process holds a block of every global micro-batch
+            first_row = self.group.rank * (config.batch_size // self.group.data_parallel_size)
+        layers = self.model.get_base_model().config.num_hidden_layers
+        keys = portable_dropout.KeyTable(config.seed, layers, self.placement.device, first_row)
+        portable_dropout.install(self.model, keys, adapter.ADAPTER_NAME)
+        return keys
+
+    def _seed_dropout(self, micro: MicroStep) -> None:
+        """The dropout masks of this micro-step: the portable keys, or torch's generator reseeded."""
+        if self._dropout_keys is not None:
+            self._dropout_keys.set_step(micro.step, micro.micro)
+        else:
+            rank = self.group.rank if self.group is not None else None
+            torch.manual_seed(dropout_seed(self.config.seed, micro.step, micro.micro, rank))
 
     def lora_parameters(self) -> dict[str, torch.nn.Parameter]:
         """LoRA parameters by PEFT file name (for tests and tools)."""
@@ -157,9 +183,9 @@ class TorchBackend:
     def micro_step(self, micro: MicroStep) -> torch.Tensor:
         if self.optimizer is None:
             raise RuntimeError("micro_step needs a backend loaded with train=True")
+        self._seed_dropout(micro)
         if self.group is not None:
             return self._distributed_micro_step(micro)
-        torch.manual_seed(dropout_seed(self.config.seed, micro.step, micro.micro))
         loss = self._target_loss(micro.batch) * micro.weight
         loss.backward()
         if micro.apply_update:
@@ -171,7 +197,6 @@ class TorchBackend:
         summed over processes on the window's last micro-batch (DDP's hook, or one all-reduce of
         the LoRA gradients under FSDP), so every process applies the same update."""
         group = self.group
-        torch.manual_seed(dropout_seed(self.config.seed, micro.step, micro.micro, group.rank))
         batch = shard_rows(micro.batch, group.rank, group.data_parallel_size)
         if self._ddp is not None:
             sync = contextlib.nullcontext() if micro.apply_update else self._ddp.no_sync()
@@ -220,8 +245,16 @@ class TorchBackend:
         with self._autocast(), self._attention():
             hidden = self._hidden_fn(input_ids, attention_mask)
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, self._to_device(rows))
+        tokens = None  # an adapted lm_head's portable dropout needs the global index of each row
+        if self._dropout_keys is not None:
+            tokens = self._to_device(rows + self._dropout_keys.first_row * batch.labels.shape[1])
         loss = target_cross_entropy(
-            hidden, self.head, self._to_device(targets), loss_fn=self._loss_fn, loss_and_grad_fn=self._loss_and_grad_fn
+            hidden,
+            self.head,
+            self._to_device(targets),
+            loss_fn=self._loss_fn,
+            loss_and_grad_fn=self._loss_and_grad_fn,
+            tokens=tokens,
         )
         return loss if scale is None else loss * scale
 
@@ -269,23 +302,19 @@ class TorchBackend:
     # ------------------------------------------------------------------ files
 
     def save_adapter(self, directory: Path) -> None:
-        adapter.save_adapter(self.model, Path(directory), self.source.name)
+        config = peft_format.AdapterConfig.of_run(self.config, self.source.name)
+        peft_format.write_adapter(Path(directory), config, adapter.to_arrays(self.params))
         write_base_fingerprint(Path(directory), self.source.path, self.source.name)  # checked by `loraswitch merge`
 
     def load_adapter(self, directory: Path) -> None:
         directory = Path(directory)
-        c = self.config
-        adapter.check_adapter_config(directory, c.lora_r, c.lora_alpha, c.use_rslora, self.targets)
-        adapter.load_adapter_weights(self.params, directory)
+        peft_format.check_matches_run(peft_format.read_adapter_config(directory), self.config, directory)
+        adapter.copy_into(self.params, peft_format.read_adapter_weights(directory, adapter.shapes(self.params)))
 
     def save_state(self, directory: Path) -> None:
         if self.optimizer is None:
             raise RuntimeError("save_state needs a backend loaded with train=True")
-        extra = {
-            "framework": f"torch {torch.__version__}",
-            "seed": self.config.seed,
-            "dropout_seed": "numpy SeedSequence([seed, step, micro]), reseeded every micro-step",
-        }
+        extra = {"backend": self.name, "framework": f"torch {torch.__version__}", "seed": self.config.seed}
         optimizer.save_optimizer_state(self.optimizer, self.params, Path(directory), extra)
 
     def load_state(self, directory: Path) -> None:

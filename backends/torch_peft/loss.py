@@ -93,16 +93,18 @@ def target_cross_entropy(
     rows: int | None = None,
     loss_fn: Callable = chunk_loss,
     loss_and_grad_fn: Callable = chunk_loss_and_grad,
+    tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sum of cross-entropy of ``head(hidden)`` against ``targets``: ``hidden`` [N, H] holds only
     rows that predict a target. ``loss_fn``/``loss_and_grad_fn`` may be torch.compile'd versions
-    of the chunk functions above."""
+    of the chunk functions above. ``tokens`` [N]: the rows' global token indices, which an
+    adapted lm_head's portable dropout keys its mask by (dropout.head_tokens)."""
     if hidden.shape[0] == 0:
         return hidden.sum(dtype=torch.float32) * 0.0
     weight = getattr(head, "weight", None)
     frozen = isinstance(head, torch.nn.Linear) and head.bias is None and not weight.requires_grad
     if not frozen:  # LoRA on lm_head: let autograd handle it, one chunk at a time
-        return _trainable_head_cross_entropy(hidden, head, targets, rows or chunk_rows(head.out_features))
+        return _trainable_head_cross_entropy(hidden, head, targets, rows or chunk_rows(head.out_features), tokens)
     rows = rows or chunk_rows(weight.shape[0])
     if not hidden.requires_grad:
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -112,14 +114,19 @@ def target_cross_entropy(
     return _FrozenHeadCrossEntropy.apply(hidden, weight, targets, rows, loss_and_grad_fn)
 
 
-def _trainable_head_cross_entropy(hidden, head, targets, rows):
+def _trainable_head_cross_entropy(hidden, head, targets, rows, tokens=None):
     from torch.utils.checkpoint import checkpoint
 
-    def piece(h, y):
-        return F.cross_entropy(head(h).float(), y, reduction="sum")
+    from loraswitch.backends.torch_peft.dropout import head_tokens
+
+    def piece(h, y, t):
+        # The token indices travel as an argument, so the recomputation in backward sees them too.
+        with head_tokens(t):
+            return F.cross_entropy(head(h).float(), y, reduction="sum")
 
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], rows):
         h, y = hidden[start : start + rows], targets[start : start + rows]
-        total = total + (checkpoint(piece, h, y, use_reentrant=False) if torch.is_grad_enabled() else piece(h, y))
+        t = None if tokens is None else tokens[start : start + rows]
+        total = total + (checkpoint(piece, h, y, t, use_reentrant=False) if torch.is_grad_enabled() else piece(h, y, t))
     return total

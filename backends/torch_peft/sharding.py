@@ -6,11 +6,10 @@ and only then is memory allocated (``to_empty``): each process reads from the sa
 just the rows of its own shards (``get_slice``), one tensor at a time.
 
 The LoRA weights stay outside the sharding (``ignored_params``): whole on every process, fp32
-under a bf16 base, and initialised exactly as on one process. For that, peft creates them while
-the base linear layers hold zero-stride stand-ins on the host (no memory), so peft draws the
-same random numbers from the same seed as in ``TorchBackend.load``; the values are kept and
-copied back after ``to_empty``. The embedding (tied to lm_head in many models) and lm_head stay
-whole too: the chunked loss reads lm_head's weight directly.
+under a bf16 base. peft creates them on the meta device with the base layers; ``to_empty``
+allocates them and ``TorchBackend.load`` then copies in the core's initial adapter, exactly as on
+one process. The embedding (tied to lm_head in many models) and lm_head stay whole too: the
+chunked loss reads lm_head's weight directly.
 """
 
 from __future__ import annotations
@@ -28,14 +27,16 @@ from loraswitch.backends.torch_peft.model import (
     architecture_of,
 )
 from loraswitch.backends.torch_peft.processes import ProcessGroup
+from loraswitch.core.files.safetensors_file import read_header
 from loraswitch.core.models import model_dir
 from loraswitch.core.types import ModelSource
 
 
 def load_sharded_peft_model(
-    model: ModelSource, placement: Placement, lora_config, seed: int, group: ProcessGroup
+    model: ModelSource, placement: Placement, lora_config, group: ProcessGroup
 ) -> torch.nn.Module:
-    """The peft model on ``placement.device``, decoder layers sharded over ``group``."""
+    """The peft model on ``placement.device``, decoder layers sharded over ``group``; the LoRA
+    weights allocated but not initialised (the caller copies the core's initial adapter in)."""
     from peft import get_peft_model
     from torch.distributed.fsdp import fully_shard
 
@@ -48,15 +49,8 @@ def load_sharded_peft_model(
     base.requires_grad_(False)
     base.config.use_cache = False
 
-    stand_ins = _host_stand_ins(base)
-    torch.manual_seed(seed)  # as TorchBackend.load: the same LoRA init as on one process
     peft_model = get_peft_model(base, lora_config, autocast_adapter_dtype=True)
     lora = adapter.lora_parameters(peft_model)
-    lora_init = {name: p.detach().clone() for name, p in lora.items()}
-    for module, shape in stand_ins:
-        module.weight = torch.nn.Parameter(
-            torch.empty(shape, dtype=placement.dtype, device="meta"), requires_grad=False
-        )
 
     decoder = peft_model.get_base_model().model
     mesh = group.device_mesh()
@@ -76,22 +70,7 @@ def load_sharded_peft_model(
             _fill_random(causal_lm, model.init_seed, getattr(hf_config, "initializer_range", 0.02), placement.device)
         else:
             _load_shards(causal_lm, model)
-        for name, param in lora.items():
-            param.copy_(lora_init[name])
     return peft_model
-
-
-def _host_stand_ins(base: torch.nn.Module) -> list[tuple[torch.nn.Module, tuple[int, ...]]]:
-    """Give every linear layer a zero-stride host weight of its shape, so peft creates the LoRA
-    weights for real (on the host, as on one process) instead of on the meta device."""
-    out = []
-    for module in base.modules():
-        if isinstance(module, torch.nn.Linear):
-            shape = tuple(module.weight.shape)
-            fake = torch.zeros((), dtype=module.weight.dtype).expand(shape)
-            module.weight = torch.nn.Parameter(fake, requires_grad=False)
-            out.append((module, shape))
-    return out
 
 
 def _rebuild_buffers(causal_lm: torch.nn.Module, device: torch.device) -> None:
@@ -138,7 +117,7 @@ def _local_rows(param: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 def _load_shards(causal_lm: torch.nn.Module, model: ModelSource) -> None:
     where: dict[str, object] = {}
     for file in model_dir.weight_files(model.path):
-        for key in model_dir.read_safetensors_header(file):
+        for key in read_header(file):
             if key != "__metadata__":
                 where[key] = file
     handles = {}

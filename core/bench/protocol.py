@@ -46,6 +46,11 @@ class BenchSettings(BaseModel):
     lora_r: int = Field(16, gt=0)
     lora_alpha: float = Field(32, gt=0, description="As in the reference measurement (alpha = 2r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1)
+    dropout_masks: Literal["portable", "framework"] = Field(
+        "portable",
+        description="The backends' dropout masks: portable (the core's hash, the same on every backend) or "
+        "framework (each framework's RNG). hf-reference always uses peft's.",
+    )
     lora_target_modules: tuple[str, ...] = Field(tuple(DEFAULT_TARGET_MODULES), min_length=1)
     learning_rate: float = Field(2e-4, gt=0, description="Constant learning rate of AdamW.")
     weight_decay: float = Field(0.0, ge=0)

@@ -82,7 +82,8 @@ def _title(report: dict[str, Any]) -> str:
     batch = f"batch {s['batch_size']} per device ({scaling['mesh']} mesh)" if scaling else f"batch {s['batch_size']}"
     return (
         f"{report['model']['name']} on {where}, {s['precision']}, {batch} × seq {s['seq_len']}, "
-        f"accumulation {s['accumulation_steps']}, r {s['lora_r']}, {s['steps']} timed steps after {s['warmup_steps']} warm-up"
+        f"accumulation {s['accumulation_steps']}, r {s['lora_r']}, dropout {s['lora_dropout']} "
+        f"({s.get('dropout_masks', 'framework')} masks), {s['steps']} timed steps after {s['warmup_steps']} warm-up"
     )
 
 

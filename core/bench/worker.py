@@ -63,6 +63,7 @@ class BackendSystem:
                 "lora_r": s.lora_r,
                 "lora_alpha": s.lora_alpha,
                 "lora_dropout": s.lora_dropout,
+                "dropout_masks": s.dropout_masks,
                 "lora_target_modules": list(s.lora_target_modules),
                 "precision": s.precision,
                 "seed": s.seed,

@@ -8,7 +8,7 @@ refused identically everywhere, with one line naming the file:
   (families/: which family, its keys, types, finite values, what loraswitch computes);
 - tokenizer.json present, and every id the tokenizer can produce inside the model's
   ``vocab_size`` (``check_tokenizer_fits``, run where the tokenizer is loaded);
-- weights: the safetensors headers only (safetensors_header.py: format rules), streamed file
+- weights: the safetensors headers only (core/files/safetensors_header.py: format rules), streamed file
   by file; every tensor the family expects present with its shape, none unexpected, each a
   floating-point dtype (int or bool base weights would train a model of zeros).
 
@@ -23,10 +23,10 @@ from typing import Any
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.json_file import read_json_object
 from loraswitch.core.files.paths import directory, regular_file
+from loraswitch.core.files.safetensors_header import read_safetensors_header
 from loraswitch.core.models import families
 from loraswitch.core.models.config_fields import positive_int
 from loraswitch.core.models.families import SUPPORTED_ARCHITECTURES, Family, check_config
-from loraswitch.core.models.safetensors_header import read_safetensors_header
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "read_safetensors_header", "validate_model_dir", "weight_files"]
 

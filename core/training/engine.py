@@ -10,6 +10,8 @@ directory. A backend only runs micro-steps. Run it with::
 Resume replays the same state: the epoch order is a function of (seed, epoch), dropout keys of
 (seed, step, micro), and the checkpoint holds the position inside the epoch; so a run killed at
 any point and resumed ends with the same adapter bytes and metrics as one that never stopped.
+A run may also resume on another backend (``--resume RUN --backend jax``): the adapter and the
+AdamW state are in formats every backend reads (core/adapters/).
 
 Under torchrun (or any multi-process backend) every process runs this same loop on the same
 global micro-batches; only the main process writes the run directory and calls the observer
@@ -188,6 +190,13 @@ class Recipe:
         if self.saved is None:
             return
         assert self.checkpoint is not None
+        written_by = self.saved.get("backend")
+        if written_by != self.config.backend and self.main and not self.quiet:
+            print(
+                f"loraswitch: {self.checkpoint.name} was written by backend {written_by}; continuing on backend "
+                f"{self.config.backend} (adapter and AdamW state are backend-independent)",
+                file=sys.stderr,
+            )
         self.backend.load_adapter(self.checkpoint / names.ADAPTER)
         self.backend.load_state(self.checkpoint / names.BACKEND_STATE)
         self.state = TrainerState.from_saved(self.saved)
@@ -462,14 +471,16 @@ def _print_header(run: RunContext, state: TrainerState) -> None:
 
 # ---------------------------------------------------------------- resume: whose config wins
 
-# mesh places the run on devices without changing its arithmetic, so a resumed run may use another one.
-EXTENDABLE = ("n_steps", "n_epochs", "eval_every", "save_every", "mesh")
+# mesh places the run on devices without changing its arithmetic, and every backend computes the
+# same numbers from the same adapter and AdamW state (core/adapters/), so a resumed run may use
+# another mesh or another backend.
+EXTENDABLE = ("n_steps", "n_epochs", "eval_every", "save_every", "mesh", "backend")
 
 
 def resume_config(run_dir: str | Path, cli: dict[str, Any] | None = None, *, quiet: bool = False) -> Config:
-    """The config of a run being resumed: its config.yaml wins, except the step budget and
-    cadences (EXTENDABLE) which the command line may change; anything else the command line
-    tries to change is reported in one line and ignored."""
+    """The config of a run being resumed: its config.yaml wins, except the step budget, the
+    cadences, the mesh and the backend (EXTENDABLE), which the command line may change; anything
+    else the command line tries to change is reported in one line and ignored."""
     run_dir = Path(run_dir)
     values = layout.read_run_config(run_dir)
     values["output_dir"] = str(run_dir)

@@ -1,5 +1,5 @@
 """Where the loop is, saved as trainer_state.json in every checkpoint, and the checks that a
-checkpoint can continue this run (same backend, model, data and epoch plan)."""
+checkpoint can continue this run (same model, data and epoch plan; any backend)."""
 
 from __future__ import annotations
 
@@ -42,16 +42,16 @@ def check_checkpoint_matches(
     saved: dict[str, Any], identity: dict[str, Any], checkpoint: Path, windows_per_epoch: int
 ) -> None:
     """A checkpoint from another model or data set cannot continue this run. ``identity`` holds
-    what must be equal: backend, model and the data files' sha256."""
+    the model and the data files' sha256, which must be equal, and the backend, which may differ:
+    every backend reads the others' adapter and AdamW state (core/adapters/)."""
     where = checkpoint / TRAINER_STATE
     if saved.get("version") != STATE_VERSION:
         raise UserError(f"{where}: trainer state version {saved.get('version')!r}, expected {STATE_VERSION}")
-    for key in ("backend", "model"):
-        if saved.get(key) != identity[key]:
-            raise UserError(
-                f"{where}: checkpoint was written by {key} {saved.get(key)!r}, but the run uses "
-                f"{identity[key]!r}; resume with the same {key}"
-            )
+    if saved.get("model") != identity["model"]:
+        raise UserError(
+            f"{where}: checkpoint was written by model {saved.get('model')!r}, but the run uses "
+            f"{identity['model']!r}; resume with the same model"
+        )
     if saved.get("data_sha256") != identity["data_sha256"]:
         raise UserError(
             f"{where}: the data files changed since this checkpoint was written; resuming would "

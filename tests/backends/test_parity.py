@@ -2,10 +2,13 @@
 every family of the registry (core/models/families).
 
 Both backends load the very same tiny model directory (safetensors, written once: random:tiny
-for Llama, by transformers itself for Qwen2 and Qwen3) and the very same initial adapter. The
-adapter's B is non-zero, so the LoRA path changes the logits from the first step; it is drawn
-here with numpy and written in PEFT format, and each backend loads it with its own loader (so
-cross-backend loading is exercised too).
+for Llama, by transformers itself for Qwen2 and Qwen3). For the logits, both load one adapter with
+random A *and* B (written with the core's PEFT format; B non-zero so the LoRA path changes the
+logits), each with its own loader. For training nothing is injected: each backend draws its own
+initial adapter from the seed (the core's init) and its own dropout masks (the core's portable
+hash), and the per-step losses must still agree within 1e-5: 20 steps with dropout 0 and 0.1 on
+Llama, 10 steps on a Qwen2 and a Qwen3 block. A Llama run checkpointed on one backend then
+resumes on the other.
 
 The variants cover what differs between families: untied and tied heads, llama3 rope scaling,
 Mistral's one window, Qwen2's q/k/v biases with a sliding window on its second layer only,
@@ -17,6 +20,7 @@ Run: .venv/bin/pytest tests/backends/test_parity.py -q
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +34,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
+from helpers.adapters import write_random_adapter  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
-from loraswitch.backends.jax_flax import adapter as peft_format  # noqa: E402
 from loraswitch.backends.jax_flax.backend import JaxBackend  # noqa: E402
 from loraswitch.backends.torch_peft.backend import TorchBackend  # noqa: E402
 from loraswitch.core.config import Config  # noqa: E402
@@ -40,15 +44,20 @@ from loraswitch.core.data.batching import collate, epoch_order  # noqa: E402
 from loraswitch.core.models.random_model import write_random_model  # noqa: E402
 from loraswitch.core.models.shapes import shape_config  # noqa: E402
 from loraswitch.core.training.schedule import plan_epoch  # noqa: E402
-from loraswitch.core.types import (  # noqa: E402
-    Batch,
-    MicroStep,
-    ModelSource,
-    TokenizedExample,
-)
+from loraswitch.core.types import Batch, MicroStep, ModelSource, TokenizedExample  # noqa: E402
 
 RANK, ALPHA = 4, 8.0
 PAD_ID = 0
+RTOL = 1e-5  # per-step loss, relative
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: a second torch thread only spins and waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_config(**overrides) -> Config:
@@ -65,40 +74,6 @@ def load(backend_cls, model_dir: Path, config: Config, adapter: Path | None = No
     if adapter is not None:
         backend.load_adapter(adapter)
     return backend
-
-
-def write_initial_adapter(
-    directory: Path, model_dir: Path, seed: int, *, use_rslora: bool = False, b_scale: float = 1.0
-) -> Path:
-    """A PEFT adapter with random A *and* B (times ``b_scale``), identical for both backends."""
-    spec = load_spec(model_dir)
-    rng = np.random.default_rng(seed)
-    lora = {}
-    for name, (n_in, n_out) in spec.linear_dims().items():
-        lora[peft_format.state_name(name, "A")] = rng.uniform(-0.3, 0.3, (spec.num_layers, n_in, RANK)).astype(
-            np.float32
-        )
-        lora[peft_format.state_name(name, "B")] = (
-            rng.normal(0, 0.05, (spec.num_layers, RANK, n_out)) * b_scale
-        ).astype(np.float32)
-    config = peft_format.peft_config(
-        r=RANK,
-        alpha=ALPHA,
-        dropout=0.0,
-        targets=list(spec.linear_dims()),
-        use_rslora=use_rslora,
-        base_model=str(model_dir),
-    )
-    peft_format.save_adapter(directory, lora, spec, config)
-    return directory
-
-
-def load_spec(model_dir: Path):
-    import json
-
-    from loraswitch.core.models.families import spec_from_config
-
-    return spec_from_config(json.loads((model_dir / "config.json").read_text()), model_dir / "config.json")
 
 
 def random_batch(seed: int, batch: int = 2, length: int = 24, vocab: int = 512) -> Batch:
@@ -160,7 +135,6 @@ MODELS = {
         d, QWEN3, seed=7, attention_bias=True, max_window_layers=0, **WINDOW
     ),
 }
-TRAINED = ("llama", "qwen2_window", "qwen3_tied")  # one per family with a distinct block
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +156,7 @@ def test_logits_match_transformers(which, model_dir, tmp_path):
     batch = random_batch(3, batch=3, length=40)
     torch_backend = load(TorchBackend, model_dir, make_config())
     plain = torch_backend.logits(batch)
-    adapter = write_initial_adapter(tmp_path / "init", model_dir, seed=1)
+    adapter = write_random_adapter(tmp_path / "init", model_dir, r=RANK, alpha=ALPHA, seed=1)
     torch_backend.load_adapter(adapter)
     reference = torch_backend.logits(batch)
     assert relative_error(plain, reference) > 1e-3  # the adapter's LoRA path changes the logits
@@ -202,9 +176,10 @@ def test_rslora_scales_the_lora_path_by_alpha_over_sqrt_r(backend_cls, model_dir
     is doubled. A backend that ignored use_rslora would give the logits of B, not of 2 B."""
     tiny_dir = model_dir("llama")
     batch = random_batch(4, batch=3, length=40)  # test_logits_match_transformers' shape: its jit is reused
-    rs = write_initial_adapter(tmp_path / "rs", tiny_dir, seed=4, use_rslora=True)
-    doubled = write_initial_adapter(tmp_path / "doubled", tiny_dir, seed=4, b_scale=np.sqrt(RANK))
-    plain = write_initial_adapter(tmp_path / "plain", tiny_dir, seed=4)
+    kw = dict(r=RANK, alpha=ALPHA, seed=4)
+    rs = write_random_adapter(tmp_path / "rs", tiny_dir, use_rslora=True, **kw)
+    doubled = write_random_adapter(tmp_path / "doubled", tiny_dir, b_scale=float(np.sqrt(RANK)), **kw)
+    plain = write_random_adapter(tmp_path / "plain", tiny_dir, **kw)
     rs_logits = load(backend_cls, tiny_dir, make_config(use_rslora=True), rs).logits(batch)
     reference = load(backend_cls, tiny_dir, make_config(), doubled)
     doubled_logits = reference.logits(batch)
@@ -213,6 +188,9 @@ def test_rslora_scales_the_lora_path_by_alpha_over_sqrt_r(backend_cls, model_dir
     real = batch.attention_mask == 1
     assert relative_error(rs_logits[real], doubled_logits[real]) < 1e-5
     assert relative_error(rs_logits[real], plain_logits[real]) > 1e-3
+
+
+# ---------------------------------------------------------------- training, nothing injected
 
 
 def micro_steps(examples: list[TokenizedExample], config: Config, n_steps: int):
@@ -234,46 +212,74 @@ def micro_steps(examples: list[TokenizedExample], config: Config, n_steps: int):
         epoch += 1
 
 
-@pytest.fixture(scope="module", params=TRAINED)
-def trained(request, model_dir, tmp_path_factory):
-    """Both backends trained 10 steps from the same adapter on the same data; their adapters saved."""
-    directory = model_dir(request.param)
-    root = tmp_path_factory.mktemp("trained")
-    initial = write_initial_adapter(root / "initial", directory, seed=2)
-    config = make_config(weight_decay=0.1, max_grad_norm=0.5)  # grad norm ~1: clipping is active
-    backends = {
-        "jax": load(JaxBackend, directory, config, initial),
-        "torch": load(TorchBackend, directory, config, initial),
-    }
+def training_examples() -> list[TokenizedExample]:
+    """9 examples of 6-24 tokens, 1-3 prompt tokens each."""
     rng = np.random.default_rng(5)
     examples = []
     for _ in range(9):
         n = int(rng.integers(6, 25))
         mask = np.arange(n) >= int(rng.integers(1, 4))
         examples.append(TokenizedExample(rng.integers(0, 512, n).astype(np.int32), mask))
-    losses = {"jax": [], "torch": []}
-    windows = []
-    for window in micro_steps(examples, config, n_steps=10):
-        windows.append(len(window))
-        for name, backend in backends.items():
-            losses[name].append(sum(float(backend.micro_step(m)) for m in window))
-    for name, backend in backends.items():
-        backend.save_adapter(root / name)
+    return examples
+
+
+def train_steps(backend, windows) -> list[float]:
+    return [sum(float(backend.micro_step(m)) for m in window) for window in windows]
+
+
+# (model, lora_dropout, steps): the Llama pair is the identity criterion (20 steps, dropout 0 and
+# 0.1, then resume across backends at step 10); one Qwen2 and one Qwen3 block, 10 steps each.
+TRAINED = [("llama", 0.0, 20), ("llama", 0.1, 20), ("qwen2_window", 0.1, 10), ("qwen3_tied", 0.0, 10)]
+RESUME_AT = 10
+
+
+@pytest.fixture(scope="module", params=TRAINED, ids=[f"{m}-dropout{d}" for m, d, _ in TRAINED])
+def trained(request, model_dir, tmp_path_factory):
+    """Both backends trained from their own initial adapter (nothing injected), with weight decay
+    and active clipping; the adapters saved at step 0, at RESUME_AT (with the optimizer state: a
+    checkpoint) and at the end."""
+    name, dropout, n_steps = request.param
+    directory = model_dir(name)
+    root = tmp_path_factory.mktemp("trained")
+    config = make_config(lora_dropout=dropout, weight_decay=0.1, max_grad_norm=0.5)  # grad norm ~1: clipping
+    backends = {"jax": load(JaxBackend, directory, config), "torch": load(TorchBackend, directory, config)}
+    windows = list(micro_steps(training_examples(), config, n_steps=n_steps))
+    losses: dict[str, list[float]] = {}
+    for backend_name, backend in backends.items():
+        backend.save_adapter(root / backend_name / "initial")
+        losses[backend_name] = train_steps(backend, windows[:RESUME_AT])
+        backend.save_adapter(root / backend_name / "checkpoint")
+        backend.save_state(root / backend_name / "checkpoint")
+        losses[backend_name] += train_steps(backend, windows[RESUME_AT:])
+        backend.save_adapter(root / backend_name / "final")
     return {
+        "name": name,
+        "n_steps": n_steps,
+        "config": config,
         "backends": backends,
         "losses": losses,
         "windows": windows,
         "root": root,
-        "initial": initial,
         "model_dir": directory,
     }
 
 
+def test_initial_adapters_are_identical(trained):
+    """The core draws the initial adapter: both backends write the very same bytes."""
+    root = trained["root"]
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (root / "jax" / "initial" / name).read_bytes() == (root / "torch" / "initial" / name).read_bytes()
+    tensors = load_file(str(root / "torch" / "initial" / "adapter_model.safetensors"))
+    assert len(tensors) == 2 * 2 * 7  # A and B of 7 projections in 2 layers
+    assert all(np.abs(v).max() > 0 for k, v in tensors.items() if ".lora_A." in k)
+
+
 def test_training_losses_match(trained):
-    assert 1 in trained["windows"] and 2 in trained["windows"]  # short windows were exercised
+    assert {len(w) for w in trained["windows"]} == {1, 2}  # short windows were exercised
     jax_losses, torch_losses = np.array(trained["losses"]["jax"]), np.array(trained["losses"]["torch"])
-    assert len(jax_losses) == 10
-    np.testing.assert_allclose(jax_losses, torch_losses, rtol=1e-4)
+    assert len(jax_losses) == trained["n_steps"]
+    np.testing.assert_allclose(jax_losses, torch_losses, rtol=RTOL, atol=0)
+    assert torch_losses[-1] < torch_losses[0]  # it trained
 
 
 def test_trained_weights_match(trained):
@@ -282,10 +288,10 @@ def test_trained_weights_match(trained):
     rounding noise into a visible difference of that one element (seen: 6e-5 on a 0.04 weight)."""
     root = trained["root"]
     ours, reference = (
-        load_file(str(root / "jax" / "adapter_model.safetensors")),
-        load_file(str(root / "torch" / "adapter_model.safetensors")),
+        load_file(str(root / "jax" / "final" / "adapter_model.safetensors")),
+        load_file(str(root / "torch" / "final" / "adapter_model.safetensors")),
     )
-    initial = load_file(str(trained["initial"] / "adapter_model.safetensors"))
+    initial = load_file(str(root / "torch" / "initial" / "adapter_model.safetensors"))
     assert sorted(ours) == sorted(reference)
     diff = np.sqrt(sum(((ours[k] - reference[k]) ** 2).sum() for k in reference))
     norm = np.sqrt(sum((reference[k] ** 2).sum() for k in reference))
@@ -296,12 +302,30 @@ def test_trained_weights_match(trained):
     assert diff / update < 1e-3
 
 
+@pytest.mark.parametrize("trained", TRAINED[:2], ids=["llama-dropout0.0", "llama-dropout0.1"], indirect=True)
+@pytest.mark.parametrize("first, then", [("torch", "jax"), ("jax", "torch")])
+def test_checkpoint_resumes_on_the_other_backend(trained, first, then):
+    """A checkpoint written by one backend at RESUME_AT (adapter + the core's portable AdamW
+    state) continues on the other backend along the trajectory of the uninterrupted run."""
+    other = {"jax": JaxBackend, "torch": TorchBackend}[then]
+    resumed = load(other, trained["model_dir"], trained["config"])
+    resumed.load_adapter(trained["root"] / first / "checkpoint")
+    resumed.load_state(trained["root"] / first / "checkpoint")
+    losses = train_steps(resumed, trained["windows"][RESUME_AT:])
+    np.testing.assert_allclose(losses, trained["losses"][first][RESUME_AT:], rtol=RTOL, atol=0)
+    # Without the moments the continuation would differ (the check above is not vacuous).
+    fresh = load(other, trained["model_dir"], trained["config"])
+    fresh.load_adapter(trained["root"] / first / "checkpoint")
+    without_state = train_steps(fresh, trained["windows"][RESUME_AT : RESUME_AT + 3])
+    assert abs(without_state[-1] - losses[2]) > 100 * RTOL * abs(losses[2])
+
+
 def test_jax_adapter_loads_in_peft(trained):
     import transformers
     from peft import PeftModel
 
-    adapter = trained["root"] / "jax"
-    architecture = load_spec(trained["model_dir"]).architecture
+    adapter = trained["root"] / "jax" / "final"
+    architecture = json.loads((trained["model_dir"] / "config.json").read_text())["architectures"][0]
     base = getattr(transformers, architecture).from_pretrained(trained["model_dir"], dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
     batch = random_batch(7)
@@ -320,19 +344,19 @@ def test_torch_adapter_loads_in_jax(trained):
     # Reuses the trained jax backend (a fresh one would compile again): load_adapter replaces
     # every LoRA array, so what it held before does not matter.
     jax_backend = trained["backends"]["jax"]
-    jax_backend.load_adapter(trained["root"] / "torch")
+    jax_backend.load_adapter(trained["root"] / "torch" / "final")
     batch = random_batch(8)
     real = batch.attention_mask == 1
     assert relative_error(jax_backend.logits(batch)[real], trained["backends"]["torch"].logits(batch)[real]) < 1e-4
 
 
-@pytest.mark.parametrize("trained", ["qwen2_window", "qwen3_tied"], indirect=True)  # Llama's: jax/test_backend.py
+@pytest.mark.parametrize("trained", TRAINED[2:], ids=["qwen2_window", "qwen3_tied"], indirect=True)  # Llama's: jax/
 def test_generate_with_kv_cache_equals_without(trained):
     """jax greedy generation through its KV cache (per-layer windows included: the prompt and
     continuation, 24 tokens, outrun the window of 8) = the argmax of one full forward over
     prompt + continuation, which uses no cache (teacher forcing)."""
     backend = trained["backends"]["jax"]
-    backend.load_adapter(trained["root"] / "jax")
+    backend.load_adapter(trained["root"] / "jax" / "final")
     prompt = [256, 72, 105, 33, 300, 12, 7, 99, 5, 480]
     new = backend.generate(prompt, max_new_tokens=14)
     assert len(new) == 14

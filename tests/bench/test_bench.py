@@ -57,6 +57,8 @@ def test_settings_refuse_bad_values_with_one_line():
         make_settings({"shape": "/no/such/dir"})
     with pytest.raises(UserError, match=r"--precision"):
         make_settings({"precision": "fp16"})
+    with pytest.raises(UserError, match=r"--dropout_masks = 'random'"):
+        make_settings({"dropout_masks": "random"})
 
 
 def test_auto_precision_is_resolved_once_for_everyone(monkeypatch):
@@ -184,6 +186,10 @@ def test_bench_on_tiny_cpu_trains_every_system(shape, tmp_path, capsys, monkeypa
     for r in data["systems"]:
         if r["system"] in ("torch", "jax"):
             assert r["loss_matches_hf_reference"] is True, r
+    # torch and jax share the initial adapter and (portable) dropout masks: the same losses, step by step
+    assert data["settings"]["dropout_masks"] == "portable" and data["settings"]["lora_dropout"] > 0
+    by_system = {r["system"]: r["losses"] for r in data["systems"]}
+    assert by_system["torch"] == pytest.approx(by_system["jax"], rel=1e-5)
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "results.md").read_text()
     assert all(f"| {name} | ok |" in md for name in wanted)

@@ -81,8 +81,21 @@ def test_allow_list_limits_entry_point_plugins(monkeypatch, allow, loaded):
 
 
 def test_unknown_backend_lists_the_known_ones():
-    with pytest.raises(UserError, match=r"unknown backend 'nope'; known backends: .*torch"):
+    with pytest.raises(UserError, match=r"unknown backend 'nope'; known backends: .*torch$"):
         P.create_backend("nope")
+
+
+@needs_numpy_plugin
+def test_unknown_backend_names_the_plugin_that_LORASWITCH_PLUGINS_hides(monkeypatch):
+    monkeypatch.setenv("LORASWITCH_PLUGINS", "someother")
+    with pytest.raises(
+        UserError,
+        match=r"^backend: unknown backend 'numpy'; known backends: jax, torch; the installed plugin 'numpy' "
+        r"registers it, but LORASWITCH_PLUGINS='someother' does not load it \(add numpy to it, or unset it\)$",
+    ):
+        P.create_backend("numpy")
+    with pytest.raises(UserError, match=r"unknown backend 'nope'; known backends: jax, torch$"):
+        P.create_backend("nope")  # a hidden plugin is named only when it registers the backend asked for
 
 
 def test_core_imports_no_framework():

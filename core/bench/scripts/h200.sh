@@ -4,6 +4,8 @@
 #
 #   bash core/bench/scripts/h200.sh smoke OUT_DIR   # tiny on the GPU + one llama-1b step per system
 #   bash core/bench/scripts/h200.sh full  OUT_DIR   # llama-1b and llama-3b, hf-reference + torch + jax
+#   bash core/bench/scripts/h200.sh dropout OUT_DIR # llama-1b, torch + jax, portable then framework dropout masks
+#   bash core/bench/scripts/h200.sh dropout-portable OUT_DIR   # ... one of the two (one device call each)
 #
 # `import loraswitch.core` works through the shim that _env.sh sets up.
 set -uo pipefail
@@ -35,5 +37,13 @@ case $mode in
         bench llama-1b --shape llama-1b --systems $systems --steps 5 --warmup_steps 2 --timeout_s 240
         bench llama-3b --shape llama-3b --systems $systems --steps 3 --warmup_steps 2 --timeout_s 300
         ;;
-    *) echo "usage: $0 smoke|full OUT_DIR" >&2; exit 2 ;;
+    dropout|dropout-portable|dropout-framework)
+        # docs/benchmarks.md, "Portable dropout: cost": the same job twice, only the masks differ
+        [ "$mode" = dropout ] && masks_list="portable framework" || masks_list=${mode#dropout-}
+        for masks in $masks_list; do
+            bench dropout-$masks --shape llama-1b --systems torch,jax --steps 5 --warmup_steps 2 \
+                --dropout_masks $masks --timeout_s 240
+        done
+        ;;
+    *) echo "usage: $0 smoke|full|dropout|dropout-portable|dropout-framework OUT_DIR" >&2; exit 2 ;;
 esac

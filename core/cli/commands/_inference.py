@@ -2,7 +2,8 @@
 
 The LoRA shape must match the adapter before its weights can load, so r, alpha, target modules
 and rsLoRA are read from the adapter's own adapter_config.json (PEFT format, any backend), and
-the chat template arguments it was trained with from its loraswitch.json.
+the chat template arguments it was trained with from its loraswitch.json; the config is built
+from them before ``backend.load(source, config, train=False)``.
 When ``adapter`` is a run directory, its adapter/ and its config.yaml's model and backend are used.
 """
 
@@ -11,32 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from loraswitch.core.adapters.peft_format import read_adapter_config
 from loraswitch.core.errors import UserError
-from loraswitch.core.files.json_file import read_json_object
 from loraswitch.core.rundir.adapter_settings import read_adapter_settings
 
 
 def adapter_settings(adapter_dir: Path) -> dict[str, Any]:
-    """Config keys for the LoRA layers an adapter was trained with."""
-    path = adapter_dir / "adapter_config.json"
-    cfg = read_json_object(path, if_missing="--adapter must be a PEFT adapter directory or a run directory")
-    if not isinstance(cfg.get("r"), int):
-        raise UserError(f"{path}: needs an integer 'r' (PEFT adapter_config.json)")
-    out: dict[str, Any] = {
-        "lora_r": cfg["r"],
-        "lora_alpha": cfg.get("lora_alpha", cfg["r"]),
-        "use_rslora": bool(cfg.get("use_rslora", False)),
-        "lora_dropout": 0.0,
-    }
-    if isinstance(cfg.get("base_model_name_or_path"), str) and cfg["base_model_name_or_path"]:
-        out["base_model"] = cfg["base_model_name_or_path"]
-    targets = cfg.get("target_modules")
-    if isinstance(targets, str):
-        targets = [targets]
-    if targets is not None and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
-        raise UserError(f"{path}: 'target_modules' must be a list of module names, got {targets!r}")
-    if targets:
-        out["lora_target_modules"] = sorted(targets)
+    """Config keys for the LoRA layers an adapter was trained with (core/adapters/peft_format.py:
+    peft's defaults for absent keys), plus ``base_model`` when the adapter names one."""
+    adapter = read_adapter_config(adapter_dir)
+    out: dict[str, Any] = {**adapter.run_values(), "lora_dropout": 0.0}
+    if adapter.base_model_name_or_path:
+        out["base_model"] = adapter.base_model_name_or_path
     out.update(read_adapter_settings(adapter_dir))
     return out
 

@@ -27,6 +27,7 @@ SETTING_OPTIONS = (
     "lora_r",
     "lora_alpha",
     "lora_dropout",
+    "dropout_masks",
     "learning_rate",
     "weight_decay",
     "precision",

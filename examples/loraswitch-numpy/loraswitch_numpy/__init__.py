@@ -5,7 +5,7 @@ loraswitch calls the ``@hookimpl`` functions below. The backend class is importe
 the factory, as a real backend must do with its framework, so listing backends stays cheap.
 """
 
-from loraswitch.core import hookimpl
+from loraswitch.core.api import hookimpl
 
 __version__ = "0.1.0"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from loraswitch.core.api import ADAMW_BETAS, ADAMW_EPS
+
 
 class AdamW:
     def __init__(
@@ -12,8 +14,8 @@ class AdamW:
         params: dict[str, np.ndarray],
         *,
         weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
+        betas: tuple[float, float] = ADAMW_BETAS,
+        eps: float = ADAMW_EPS,
     ):
         self.weight_decay = weight_decay
         self.betas = betas

@@ -1,21 +1,35 @@
-"""The ``numpy`` backend: satisfies ``loraswitch.core.backend.Backend`` without inheriting from it."""
+"""The ``numpy`` backend: satisfies ``loraswitch.core.api.Backend`` without inheriting from it.
+
+Everything two backends must agree on comes from loraswitch's public API: the initial LoRA
+weights, the portable dropout masks, the PEFT adapter files and the AdamW state files. What is
+left here is the model's own arithmetic.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from loraswitch.core.errors import UserError
-from loraswitch.core.files.json_file import read_json_object
+from loraswitch.core.api import (
+    AdamWState,
+    AdapterConfig,
+    UserError,
+    expected_shapes,
+    read_adapter_config,
+    read_adapter_weights,
+    read_optimizer_state,
+    tensor_name,
+    write_adapter,
+    write_optimizer_state,
+)
 
-from . import files
 from .adamw import AdamW, clip_grad_norm
 from .model import (
     MAX_DIM,
+    MODULE,
     Frozen,
     cross_entropy,
     dropout_mask,
@@ -25,6 +39,8 @@ from .model import (
     loss_and_grads,
     targets,
 )
+
+KEY_A, KEY_B = tensor_name(MODULE, "A"), tensor_name(MODULE, "B")  # [r, in] and [out, r], PEFT's layout
 
 NAN_ENV = "LORASWITCH_NUMPY_NAN_AT_STEP"  # testing aid, see README.md
 
@@ -80,17 +96,19 @@ class NumpyBackend:
         ids, labels = targets(batch.input_ids, batch.labels)
         mask = None
         if self.config.lora_dropout > 0 and len(ids):
-            # One mask per (row, position), then the target positions are picked, so the mask
-            # of a token does not depend on which other tokens are targets.
+            # One mask per (row, position, feature) of the whole micro-batch, as every backend
+            # keys it; then the target positions are picked, so the mask of a token does not
+            # depend on which other tokens are targets.
             full = dropout_mask(
-                batch.input_ids[:, :-1].shape + (self.dim,),
+                batch.input_ids.shape + (self.dim,),
                 self.config.lora_dropout,
                 self.config.seed,
                 micro.step,
                 micro.micro,
                 self.dtype,
+                self.config.dropout_masks,
             )
-            mask = full[batch.labels[:, 1:] != -100]
+            mask = full[:, :-1][batch.labels[:, 1:] != -100]
         loss = 0.0
         if len(ids):
             loss, grad_a, grad_b = loss_and_grads(
@@ -156,82 +174,61 @@ class NumpyBackend:
     # ------------------------------------------------------------------ files
 
     def save_adapter(self, directory: Path) -> None:
-        files.write_adapter(
-            Path(directory),
-            self.params["lora_A"],
-            self.params["lora_B"],
-            {
-                "peft_type": "LORA",
-                "task_type": "CAUSAL_LM",
-                "base_model_name_or_path": self.model_name,
-                "r": self.r,
-                "lora_alpha": self.alpha,
-                "lora_dropout": self.config.lora_dropout,
-                "use_rslora": self.use_rslora,
-                "target_modules": [files.MODULE],
-                "bias": "none",
-                "fan_in_fan_out": False,
-                "inference_mode": True,
-                "loraswitch_backend": self.name,
-            },
+        config = AdapterConfig(
+            r=self.r,
+            lora_alpha=float(self.alpha),
+            use_rslora=self.use_rslora,
+            target_modules=[MODULE],
+            lora_dropout=self.config.lora_dropout,
+            base_model_name_or_path=self.model_name,
         )
+        write_adapter(Path(directory), config, {KEY_A: self.params["lora_A"], KEY_B: self.params["lora_B"]})
 
     def load_adapter(self, directory: Path) -> None:
-        """Load an adapter this backend saved; its r and alpha replace the config's (as peft
-        does), except while training, where the optimizer state was built for config.lora_r."""
+        """Load an adapter for this model; its r and alpha replace the config's (as peft does),
+        except while training, where the optimizer state was built for config.lora_r."""
         directory = Path(directory)
-        a, b, cfg = files.read_adapter(directory, self.dim)
-        if self.optimizer is not None and a.shape != self.params["lora_A"].shape:
-            raise UserError(f"{directory / files.ADAPTER_CONFIG}: r = {cfg['r']} but this run trains lora_r = {self.r}")
-        self.r, self.alpha = int(cfg["r"]), float(cfg["lora_alpha"])
-        self.use_rslora = bool(cfg.get("use_rslora", False))
+        cfg = read_adapter_config(directory)
+        if cfg.target_modules != [MODULE]:
+            raise UserError(
+                f"{directory / 'adapter_config.json'}: target_modules = {cfg.target_modules}; "
+                f"this model adapts only {MODULE!r}"
+            )
+        if self.optimizer is not None and cfg.r != self.r:
+            raise UserError(f"{directory / 'adapter_config.json'}: r = {cfg.r} but this run trains lora_r = {self.r}")
+        tensors = read_adapter_weights(directory, expected_shapes({MODULE: (self.dim, self.dim)}, cfg.r))
+        self.r, self.alpha, self.use_rslora = cfg.r, cfg.lora_alpha, cfg.use_rslora
         # Copy into the existing arrays when training, so the optimizer keeps referring to them.
         if self.optimizer is not None:
-            self.params["lora_A"][...] = a
-            self.params["lora_B"][...] = b
+            self.params["lora_A"][...] = tensors[KEY_A]
+            self.params["lora_B"][...] = tensors[KEY_B]
         else:
-            self.params = {"lora_A": a.astype(self.dtype), "lora_B": b.astype(self.dtype)}
+            self.params = {"lora_A": tensors[KEY_A].astype(self.dtype), "lora_B": tensors[KEY_B].astype(self.dtype)}
 
     def save_state(self, directory: Path) -> None:
-        """AdamW moments as safetensors, step count and hyperparameters as JSON. Dropout draws
-        from a stateless generator, so there is no RNG state to save."""
-        from safetensors.numpy import save_file
-
+        """AdamW's moments and update count in loraswitch's portable format. Dropout is
+        stateless (a function of seed, step and micro-batch), so there is no RNG state to save."""
         opt = self._optimizer("save_state")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {f"exp_avg.{k}": v for k, v in opt.exp_avg.items()}
-        tensors.update({f"exp_avg_sq.{k}": v for k, v in opt.exp_avg_sq.items()})
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(directory / files.STATE_TENSORS))
-        meta = {
-            "format": files.STATE_FORMAT,
-            "step": opt.t,
-            "betas": list(opt.betas),
-            "eps": opt.eps,
-            "weight_decay": opt.weight_decay,
-            "dtype": self.dtype.name,
-        }
-        (directory / files.STATE_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        state = AdamWState(
+            opt.t,
+            {KEY_A: opt.exp_avg["lora_A"], KEY_B: opt.exp_avg["lora_B"]},
+            {KEY_A: opt.exp_avg_sq["lora_A"], KEY_B: opt.exp_avg_sq["lora_B"]},
+        )
+        write_optimizer_state(
+            Path(directory),
+            state,
+            weight_decay=opt.weight_decay,
+            extra={"backend": self.name, "dtype": self.dtype.name},
+        )
 
     def load_state(self, directory: Path) -> None:
         opt = self._optimizer("load_state")
-        directory = Path(directory)
-        meta_path, tensor_path = directory / files.STATE_JSON, directory / files.STATE_TENSORS
-        meta = read_json_object(meta_path)
-        if meta.get("format") != files.STATE_FORMAT:
-            raise UserError(
-                f"{meta_path}: format {meta.get('format')!r} is not {files.STATE_FORMAT!r}; "
-                "this checkpoint was not written by the numpy backend"
-            )
-        if not isinstance(meta.get("step"), int) or meta["step"] < 0:
-            raise UserError(f"{meta_path}: 'step' must be a non-negative integer")
-        tensors = files.read_tensors(tensor_path)
-        expect = {f"{kind}.{k}": v.shape for kind in ("exp_avg", "exp_avg_sq") for k, v in self.params.items()}
-        files.check_tensors(tensor_path, tensors, expect)
-        for k in self.params:
-            opt.exp_avg[k] = tensors[f"exp_avg.{k}"].astype(self.dtype)
-            opt.exp_avg_sq[k] = tensors[f"exp_avg_sq.{k}"].astype(self.dtype)
-        opt.t = meta["step"]
+        shapes = {KEY_A: self.params["lora_A"].shape, KEY_B: self.params["lora_B"].shape}
+        state = read_optimizer_state(Path(directory), shapes)
+        for key, name in ((KEY_A, "lora_A"), (KEY_B, "lora_B")):
+            opt.exp_avg[name] = state.exp_avg[key].astype(self.dtype)
+            opt.exp_avg_sq[name] = state.exp_avg_sq[key].astype(self.dtype)
+        opt.t = state.step
 
     def describe(self) -> dict[str, Any]:
         trainable = sum(v.size for v in self.params.values())

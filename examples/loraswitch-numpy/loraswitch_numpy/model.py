@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from loraswitch.core.api import IGNORE_INDEX, keep_mask, lora_a, scale
+
 MAX_DIM = 32  # hidden sizes above this are capped: the model only has to be a fast stand-in
 
 
@@ -36,20 +37,30 @@ def init_frozen(vocab: int, dim: int, seed: int, dtype=np.float32) -> Frozen:
     return Frozen(embed.astype(dtype), proj.astype(dtype), head.astype(dtype))
 
 
+MODULE = "proj"  # the model's one adapted linear: its PEFT module path
+DROPOUT_SITE = (0, 0)  # its (layer, module) coordinates in the core's dropout key
+
+
 def init_lora(dim: int, r: int, seed: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """As peft: A ~ kaiming_uniform(a=sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)); B = 0, so the
-    adapted model starts exactly equal to the base model."""
-    rng = np.random.default_rng([seed, 2])
-    bound = 1.0 / np.sqrt(dim)
-    a = rng.uniform(-bound, bound, size=(r, dim))
-    return a.astype(dtype), np.zeros((dim, r), dtype)
+    """The core's initial adapter (loraswitch.core.api.lora_a): A uniform(-1/sqrt(in), 1/sqrt(in))
+    from a generator seeded by (seed, "proj"), B zero, so the adapted model starts exactly equal
+    to the base model, and every backend given this module path draws the same A."""
+    return lora_a(seed, MODULE, r, dim).astype(dtype), np.zeros((dim, r), dtype)
 
 
-def dropout_mask(shape: tuple[int, ...], p: float, seed: int, step: int, micro: int, dtype) -> np.ndarray | None:
-    """Inverted dropout mask from a stateless generator keyed by (seed, step, micro): a resumed
-    run draws exactly the masks the uninterrupted run would have drawn."""
+def dropout_mask(
+    shape: tuple[int, int, int], p: float, seed: int, step: int, micro: int, dtype, masks: str = "portable"
+) -> np.ndarray | None:
+    """Inverted dropout mask [B, T, d] for the LoRA input of a micro-batch of B rows of length T,
+    stateless, so a resumed run draws exactly the masks the uninterrupted run drew. ``portable``
+    (the default): the core's hash of (seed, step, micro, layer 0, module 0, token, feature), the
+    mask every loraswitch backend computes; ``framework``: numpy's own generator seeded by
+    (seed, 3, step, micro)."""
     if p <= 0:
         return None
+    if masks == "portable":
+        keep = keep_mask(seed, step, micro, *DROPOUT_SITE, shape, p)
+        return np.where(keep, np.asarray(scale(p), dtype), np.zeros((), dtype))
     rng = np.random.default_rng([seed, 3, step, micro])
     keep = rng.random(shape) >= p
     return (keep / (1.0 - p)).astype(dtype)

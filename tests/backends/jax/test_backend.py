@@ -24,8 +24,8 @@ pytest.importorskip("optax")
 
 import jax
 import jax.numpy as jnp
+from helpers.adapters import write_random_adapter
 
-from loraswitch.backends.jax_flax import adapter as peft_format
 from loraswitch.backends.jax_flax.backend import JaxBackend
 from loraswitch.backends.jax_flax.model import chunked_cross_entropy_sum
 from loraswitch.backends.jax_flax.rope import inv_frequencies
@@ -70,20 +70,7 @@ def load(
 @pytest.fixture(scope="module")
 def nonzero_adapter(tiny_dir, tmp_path_factory) -> Path:
     """Random A and B (a fresh LoRA has B = 0, which hides the LoRA path and its dropout)."""
-    spec = load_spec(tiny_dir)
-    rng = np.random.default_rng(0)
-    lora = {}
-    for name, (n_in, n_out) in spec.linear_dims().items():
-        lora[peft_format.state_name(name, "A")] = rng.uniform(-0.3, 0.3, (spec.num_layers, n_in, RANK)).astype(
-            np.float32
-        )
-        lora[peft_format.state_name(name, "B")] = rng.normal(0, 0.05, (spec.num_layers, RANK, n_out)).astype(np.float32)
-    config = peft_format.peft_config(
-        r=RANK, alpha=ALPHA, dropout=0.0, targets=list(spec.linear_dims()), use_rslora=False, base_model="tiny"
-    )
-    directory = tmp_path_factory.mktemp("adapter")
-    peft_format.save_adapter(directory, lora, spec, config)
-    return directory
+    return write_random_adapter(tmp_path_factory.mktemp("adapter"), tiny_dir, r=RANK, alpha=ALPHA, seed=0)
 
 
 def load_spec(model_dir: Path):
@@ -259,16 +246,24 @@ def test_resume_replays_dropout_exactly(tiny_dir, nonzero_adapter, tmp_path):
     first.micro_step(MicroStep(windows[0][1], weight, True, 1e-2, 0, 1, 2))
     first.save_adapter(tmp_path / "adapter")
     first.save_state(tmp_path / "state")
+    saved = {k: np.asarray(v) for k, v in named_leaves(first.opt_state).items()}
     losses = [run_window(first, w, step) for step, w in enumerate(windows[1:], start=1)]
 
     resumed = load(tiny_dir, config)
     resumed.load_adapter(tmp_path / "adapter")
     resumed.load_state(tmp_path / "state")
+    # The portable state (moments by PEFT name, one count) rebuilds optax's whole state exactly;
+    # only the learning rate differs, which every micro-step sets anew.
+    restored = {k: np.asarray(v) for k, v in named_leaves(resumed.opt_state).items()}
+    assert restored.keys() == saved.keys()
+    for name, value in saved.items():
+        if not name.endswith("learning_rate"):
+            np.testing.assert_array_equal(restored[name], value, err_msg=name)
     assert [run_window(resumed, w, step) for step, w in enumerate(windows[1:], start=1)] == losses
     for name, value in lora_arrays(first).items():
         np.testing.assert_array_equal(lora_arrays(resumed)[name], value)
-    meta = json.loads((tmp_path / "state" / "jax_optimizer.json").read_text())
-    assert meta["gradient_step"] == 1 and meta["mini_step"] == 0 and meta["backend"] == "jax"
+    meta = json.loads((tmp_path / "state" / "optimizer.json").read_text())
+    assert meta["step"] == 1 and meta["backend"] == "jax" and meta["format"] == "loraswitch-adamw/1"
 
 
 def test_random_init_source_trains(tiny_dir, tmp_path):
@@ -421,13 +416,14 @@ def test_state_mismatches_are_named(tiny_dir, tmp_path):
     other = load(tiny_dir, make_config(lora_r=2))
     with pytest.raises(
         UserError,
-        match=r"jax_optimizer.safetensors: key '\S+/lora_[ab]' has shape \[2, \d+, \d+\] float32, the model needs",
+        match=r"optimizer.json: 'base_model\S+lora_A.weight' has shape \[4, \d+\] in the checkpoint, "
+        r"this model has \[2, \d+\] \(a different lora_r",
     ):
         other.load_state(tmp_path / "r4")
-    (tmp_path / "torch_ckpt").mkdir()
-    (tmp_path / "torch_ckpt" / "optimizer.safetensors").write_bytes(b"")
-    with pytest.raises(UserError, match=r"jax_optimizer.json: missing.*optimizer.safetensors"):
-        other.load_state(tmp_path / "torch_ckpt")
+    (tmp_path / "old").mkdir()  # the jax backend's own format before the portable one
+    (tmp_path / "old" / "jax_optimizer.json").write_text("{}")
+    with pytest.raises(UserError, match=r"optimizer.json: missing; .*found jax_optimizer.json: written by an older"):
+        other.load_state(tmp_path / "old")
 
 
 # ---------------------------------------------------------------- through the engine

@@ -4,9 +4,10 @@ Run: .venv/bin/pytest tests/backends/jax/test_distributed.py -q   (about a minut
 
 jax fixes its device count when it starts, so every multi-device run is a subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``; the single-device reference runs here.
-A tiny random Llama in fp32 without dropout, 4 steps of 2 micro-batches of 4 rows: on a 2 x 2
-mesh (rows over 4 devices, base weights sharded 2 ways), on {data: 4} resumed on one device, and
-on 2 processes of 2 devices joined by jax.distributed (the multi-host path, over gloo).
+A tiny random Llama in fp32 with dropout 0.1 (portable masks: the same whatever the device
+count), 4 steps of 2 micro-batches of 4 rows: on a 2 x 2 mesh (rows over 4 devices, base weights
+sharded 2 ways), on {data: 4} resumed on one device, and on 2 processes of 2 devices joined by
+jax.distributed (the multi-host path, over gloo).
 """
 
 from __future__ import annotations

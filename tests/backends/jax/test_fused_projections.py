@@ -13,6 +13,7 @@ jnp = pytest.importorskip("jax.numpy")
 nnx = pytest.importorskip("flax.nnx")
 
 from loraswitch.backends.jax_flax.lora import LoRALinear, dropout, fused_projections  # noqa: E402
+from loraswitch.core.adapters.dropout import key_table  # noqa: E402
 
 
 def _linear(rng, d_in, d_out, lora, bias):
@@ -30,16 +31,28 @@ def _linear(rng, d_in, d_out, lora, bias):
     )
 
 
+def _keys(kind: str, n: int) -> list:
+    """Per-linear dropout keys: none, jax PRNG keys (framework masks) or rows of the core's
+    portable key table (uint32 [2] each)."""
+    if kind == "none":
+        return [None] * n
+    if kind == "framework":
+        return [jax.random.key(i) for i in range(n)]
+    table = key_table(0, 1, 0, 1)[0]
+    return [jnp.asarray(table[i]) for i in range(n)]
+
+
 @pytest.mark.parametrize("layout", [(True, True, True), (True, False, True), (False,), (True,)])
-@pytest.mark.parametrize("with_dropout", [False, True])
-@pytest.mark.parametrize("biases", ["none", "first", "all"])
-def test_fused_equals_one_call_per_linear(layout, with_dropout, biases):
-    rng = np.random.default_rng(len(layout) + 10 * with_dropout)
+@pytest.mark.parametrize(
+    "masks, biases", [("none", "none"), ("framework", "first"), ("portable", "all")]
+)  # every dropout mask kind and every bias layout, without the full product of the two
+def test_fused_equals_one_call_per_linear(layout, masks, biases):
+    rng = np.random.default_rng(len(layout) + 10 * (masks != "none"))
     linears = [
         _linear(rng, 16, 8 if i == 0 else 4, lora, bias=biases == "all" or (biases == "first" and i == 0))
         for i, lora in enumerate(layout)
     ]
-    keys = [jax.random.key(i) if with_dropout else None for i in range(len(linears))]
+    keys = _keys(masks, len(linears))
     x = jnp.asarray(rng.normal(size=(2, 3, 16)), jnp.float32)
     graphdef, lora_state, frozen = nnx.split(nnx.List(linears), nnx.LoRAParam, ...)
 
@@ -61,9 +74,10 @@ def test_fused_equals_one_call_per_linear(layout, with_dropout, biases):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.abs(want).max()))
 
 
-def test_dropout_rate_and_scale():
+@pytest.mark.parametrize("masks", ["framework", "portable"])
+def test_dropout_rate_and_scale(masks):
     x = jnp.ones((1000, 1000), jnp.bfloat16)
-    y = dropout(x, 0.05, jax.random.key(0))
+    y = dropout(x, 0.05, _keys(masks, 1)[0])
     assert y.dtype == jnp.bfloat16
     assert float(jnp.mean(y == 0)) == pytest.approx(0.05, abs=0.002)
     assert set(np.unique(np.asarray(y, np.float32)).tolist()) == {0.0, float(jnp.bfloat16(1 / 0.95))}

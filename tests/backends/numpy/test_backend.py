@@ -72,7 +72,8 @@ def test_gradients_match_finite_differences(source):
     b.params["lora_B"][...] = rng.normal(0, 0.3, b.params["lora_B"].shape)
     batch = batch_from(cycle_rows(3, 7), prompt_len=2)
     ids, labels = M.targets(batch.input_ids, batch.labels)
-    mask = M.dropout_mask(ids.shape + (b.dim,), 0.3, 1, 0, 0, np.float64)  # checks dropout's backward too
+    mask = M.dropout_mask((1, *ids.shape, b.dim), 0.3, 1, 0, 0, np.float64)[0]  # checks dropout's backward too
+    assert 0.2 < float((mask == 0).mean()) < 0.4  # about 30% dropped
     weight = 0.37
 
     def loss(a, bb):
@@ -246,14 +247,14 @@ def test_bad_files_name_the_file(source, tmp_path):
     b.save_adapter(tmp_path / "ck")
     b.save_state(tmp_path / "ck")
     other = make_backend(source, lora_r=8)
-    with pytest.raises(UserError, match="numpy_backend_optimizer.safetensors.*shape"):
+    with pytest.raises(UserError, match=r"optimizer.json: 'base_model.model.proj.lora_A.weight' has shape \[4, 16\]"):
         other.load_state(tmp_path / "ck")
     with pytest.raises(UserError, match="adapter_config.json: r = 4 but this run trains lora_r = 8"):
         other.load_adapter(tmp_path / "ck")
-    (tmp_path / "ck" / "numpy_backend_state.json").write_text("{not json")
-    with pytest.raises(UserError, match="numpy_backend_state.json: not valid JSON"):
+    (tmp_path / "ck" / "optimizer.json").write_text("{not json")
+    with pytest.raises(UserError, match="optimizer.json: not valid JSON"):
         b.load_state(tmp_path / "ck")
-    with pytest.raises(UserError, match="missing.*numpy_backend_state.json|numpy_backend_state.json: file not found"):
+    with pytest.raises(UserError, match="optimizer.json: missing"):
         b.load_state(tmp_path / "missing")
 
 

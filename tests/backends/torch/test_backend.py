@@ -149,11 +149,13 @@ def test_random_init_is_seeded_and_bf16_trains_on_cpu(tmp_path):
 # ---------------------------------------------------------------- training
 
 
-@pytest.mark.parametrize("extra_modules, factor", [((), 0.95), (("lm_head",), 0.5)])
+@pytest.mark.parametrize("extra_modules, factor", [((), 0.9), (("lm_head",), 0.3)])
 def test_short_run_lowers_the_loss_on_memorisable_data(tiny, extra_modules, factor):
     """The tiny random model's frozen lm_head (std 0.02, hidden 64) bounds how far logits can
     move, so LoRA on the projections alone only lowers the loss a little; with lm_head also
-    adapted (the trainable-head loss path) the four sequences are memorised."""
+    adapted (the trainable-head loss path, portable dropout on its gathered rows included) the
+    four sequences are memorised. (At lr 3e-2 the lm_head run oscillates: its last loss ranged
+    over 0.25-0.6 of the first with the seed.)"""
     projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
     backend = make_backend(
@@ -166,7 +168,7 @@ def test_short_run_lowers_the_loss_on_memorisable_data(tiny, extra_modules, fact
     data = sequences(4, 12, seed=1)
     batches = [make_batch(data[:2], [3, 3]), make_batch(data[2:], [3, 3])]
     before = sum(backend.eval_loss(b)[0] for b in batches)
-    losses = train(backend, batches, range(30), lr=3e-2)
+    losses = train(backend, batches, range(30), lr=1e-2)
     after = sum(backend.eval_loss(b)[0] for b in batches)
     assert losses[-1] < factor * losses[0]
     assert after < factor * before
@@ -318,10 +320,10 @@ def test_state_and_adapter_of_another_shape_are_refused(tiny, tmp_path):
     other = make_backend(tiny, lora_r=8, lora_alpha=16)
     with pytest.raises(UserError, match=r"optimizer\.json: .*lora_A.* has shape \[4, 64\]"):
         other.load_state(tmp_path / "r4")
-    with pytest.raises(UserError, match=r"adapter_config\.json: r is 4 but this run has lora_r = 8"):
+    with pytest.raises(UserError, match=r"adapter_config\.json: r = 4 but this run has lora_r = 8; set lora_r: 4"):
         other.load_adapter(tmp_path / "r4")
     fewer = make_backend(tiny, lora_target_modules=["q_proj", "v_proj"])
-    with pytest.raises(UserError, match=r"target_modules .* differ"):
+    with pytest.raises(UserError, match=r"target_modules = .* but this run has lora_target_modules"):
         fewer.load_adapter(tmp_path / "r4")
 
 

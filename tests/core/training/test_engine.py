@@ -473,7 +473,7 @@ def test_full_disk_is_refused_before_training(tmp_path, data, monkeypatch):
 @pytest.mark.parametrize(
     "edit,message",
     [
-        ({"backend": "torch"}, "checkpoint was written by backend 'torch'"),
+        ({"model": "random:other"}, "checkpoint was written by model 'random:other'"),
         ({"epoch": "one"}, "epoch = 'one': must be a non-negative integer"),
         ({"window": 99}, "window = 99"),
     ],

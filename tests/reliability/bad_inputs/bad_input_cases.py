@@ -110,19 +110,17 @@ def checkpoint(edit: Callable[[Path], None], resealed: bool = False) -> Callable
 
 def rank8_adapter(ckpt: Path) -> None:
     """Replace the rank-4 adapter with a rank-8 one of the same model width."""
+    import dataclasses
+
     import numpy as np
-    from safetensors.numpy import load_file
 
-    from loraswitch_numpy import files
+    from loraswitch.core.api import read_adapter_config, read_tensors, tensor_name, write_adapter
 
-    dim = load_file(str(ckpt / "adapter" / files.ADAPTER_WEIGHTS))[files.KEY_A].shape[1]
+    key_a, key_b = tensor_name("proj", "A"), tensor_name("proj", "B")
+    dim = read_tensors(ckpt / "adapter" / "adapter_model.safetensors")[key_a].shape[1]
     rng = np.random.default_rng(0)
-    files.write_adapter(
-        ckpt / "adapter",
-        rng.normal(size=(8, dim)),
-        rng.normal(size=(dim, 8)),
-        dict(json.loads((ckpt / "adapter/adapter_config.json").read_text()), r=8),
-    )
+    config = dataclasses.replace(read_adapter_config(ckpt / "adapter"), r=8)
+    write_adapter(ckpt / "adapter", config, {key_a: rng.normal(size=(8, dim)), key_b: rng.normal(size=(dim, 8))})
 
 
 def plugin_package(name: str, module_source: str, entry: str | None = None) -> Callable[[Any], None]:
@@ -723,13 +721,13 @@ CASES: list[Case] = [
     Case(
         "ckpt-optimizer-file-deleted",
         RESUME,
-        "numpy_backend_optimizer.safetensors: missing, though trainer_state.json lists it",
-        prepare=checkpoint(lambda c: (c / "backend_state/numpy_backend_optimizer.safetensors").unlink()),
+        "optimizer.safetensors: missing, though trainer_state.json lists it",
+        prepare=checkpoint(lambda c: (c / "backend_state/optimizer.safetensors").unlink()),
     ),
     Case(
         "ckpt-truncated-tensors-resealed",
         RESUME,
-        CKPT + "/adapter/adapter_model.safetensors: not a readable safetensors file",
+        CKPT + "/adapter/adapter_model.safetensors: tensor 'base_model.model.proj.lora_A.weight' ends at byte",
         prepare=checkpoint(lambda c: truncate(c / "adapter/adapter_model.safetensors"), resealed=True),
     ),
     Case(
@@ -741,24 +739,23 @@ CASES: list[Case] = [
     Case(
         "ckpt-adapter-config-edited",
         RESUME,
-        CKPT + "/adapter/adapter_config.json: 'r' must be a positive number",
+        CKPT + "/adapter/adapter_config.json: r = 'four': must be a positive integer",
         prepare=checkpoint(lambda c: edit_json(c / "adapter/adapter_config.json", r="four"), resealed=True),
     ),
     Case(
-        "ckpt-optimizer-of-another-backend",
+        "ckpt-optimizer-of-unknown-format",
         RESUME,
-        "numpy_backend_state.json: format 'torch-adamw/1'",
+        "optimizer.json: format 'torch-adamw/9' is not 'loraswitch-adamw/1'",
         prepare=checkpoint(
-            lambda c: edit_json(c / "backend_state/numpy_backend_state.json", format="torch-adamw/1"), resealed=True
+            lambda c: edit_json(c / "backend_state/optimizer.json", format="torch-adamw/9"), resealed=True
         ),
     ),
     Case(
-        "ckpt-from-another-backend",
-        RESUME,
-        "checkpoint was written by backend 'numpy', but the run uses 'torch'",
-        prepare=lambda ctx: (ctx.run / "config.yaml").write_text(
-            (ctx.run / "config.yaml").read_text().replace("backend: numpy", "backend: torch")
-        ),
+        # Any backend may resume any other's checkpoint (adapter and AdamW state are portable), but
+        # the numpy example's one-linear model is not the Llama the torch backend builds.
+        "ckpt-from-another-backend-and-model-shape",
+        RESUME + ["--backend", "torch"],
+        "adapter_config.json: target_modules = ['proj'] but this run has lora_target_modules",
     ),
     Case(
         "ckpt-from-another-model",

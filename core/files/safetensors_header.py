@@ -42,6 +42,12 @@ DTYPE_BYTES = {
 def read_safetensors_header(path: Path) -> dict[str, Any]:
     """{tensor name: {"dtype", "shape", "data_offsets"}} of a .safetensors file (``__metadata__``
     dropped), every entry checked; any problem is a UserError naming the file (and tensor)."""
+    return read_header_and_data_start(path)[0]
+
+
+def read_header_and_data_start(path: Path) -> tuple[dict[str, Any], int]:
+    """The checked header and the byte offset where the tensor data starts (8 + header length)."""
+    path = Path(path)
     regular_file(path, what="weights file")  # a FIFO would block the read below
     try:
         size = path.stat().st_size
@@ -69,7 +75,7 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     for name, info in header.items():
         _check_entry(path, name, info, data_size)
     _check_layout(path, header, data_size)
-    return header
+    return header, 8 + n
 
 
 def _check_layout(path: Path, header: dict[str, Any], data_size: int) -> None:
