@@ -46,11 +46,15 @@ class HFReference:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
         if self.source.random_init:
-            # The anchor's way: a model from its config, initialised by transformers on the device.
-            torch.manual_seed(self.source.init_seed)
+            # A model from its config, built on the device, holding the core's random values: the
+            # very model the loraswitch systems train (core/models/random_values.py).
+            from loraswitch.backends.torch_peft.random_init import fill_model
+
             cfg = AutoConfig.from_pretrained(self.source.path)
             with torch.device(self.device):
-                model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").to(dtype)
+                model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+            fill_model(model, self.source.init_seed)
+            model = model.to(dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 self.source.path, dtype=dtype, attn_implementation="sdpa", use_safetensors=True

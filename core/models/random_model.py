@@ -14,22 +14,14 @@ import numpy as np
 
 from loraswitch.core.models import families
 from loraswitch.core.models.byte_tokenizer import CHATML_TEMPLATE, write_byte_tokenizer
+from loraswitch.core.models.random_values import numpy_values
 from loraswitch.core.models.shapes import shape_config, tensor_shapes
-
-INIT_STD = 0.02  # the usual Llama initializer_range
 
 
 def random_weights(config: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
-    """fp32 weights under HF names: N(0, 0.02) matrices and biases, RMSNorm scales of one.
-    Each tensor draws from its own stream (seed, index) so adding a tensor never shifts the others."""
-    out = {}
-    for i, (name, shape) in enumerate(tensor_shapes(config).items()):
-        if name.endswith("norm.weight"):
-            out[name] = np.ones(shape, np.float32)
-        else:
-            rng = np.random.default_rng([seed, i])
-            out[name] = (rng.standard_normal(shape, dtype=np.float32) * INIT_STD).astype(np.float32)
-    return out
+    """fp32 weights under HF names, as ``random_values`` defines them: the very numbers every
+    backend draws on its devices for the same shape and seed (``ModelSource.random_init``)."""
+    return {name: numpy_values(seed, name, shape) for name, shape in tensor_shapes(config).items()}
 
 
 def write_random_model(
