@@ -98,6 +98,12 @@ class Config(BaseModel):
     compile: Literal["auto", "true", "false"] = Field(
         "auto", description="torch backend: torch.compile the step (auto: on CUDA only)."
     )
+    gradient_checkpointing: Literal["auto", "off", "full", "dots"] = Field(
+        "auto",
+        description="Recompute activations in the backward pass to save memory: off; full (each layer's); "
+        "dots (keep matrix-product outputs, recompute the rest); auto: by model size and free memory "
+        "(docs/memory.md). true/false mean full/off.",
+    )
     mesh: dict[str, int] | None = Field(
         None,
         description="Device mesh {data: D, fsdp: F}: D x F devices (torch: processes), base weights sharded F ways; "
@@ -171,6 +177,11 @@ class Config(BaseModel):
     @classmethod
     def _compile_bool(cls, v: Any) -> Any:
         return str(v).lower() if isinstance(v, bool) else v
+
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing_bool(cls, v: Any) -> Any:
+        return {True: "full", False: "off"}[v] if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _limits(self) -> Config:

@@ -18,10 +18,8 @@ Try it: ``loraswitch train examples/quickstart.yaml --backend jax``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,13 +53,14 @@ from loraswitch.core.errors import UserError
 from loraswitch.core.export.fingerprint import write_base_fingerprint
 from loraswitch.core.models import families
 from loraswitch.core.models.model_dir import validate_model_dir
+from loraswitch.core.models.shapes import count_params
+from loraswitch.core.training import activation_memory
 from loraswitch.core.training.parallel import check_divisible
 
 if TYPE_CHECKING:
     from loraswitch.core.config import Config
     from loraswitch.core.types import Batch, MicroStep, ModelSource
 
-REMAT_VAR = "LORASWITCH_JAX_REMAT"  # options.py
 _GENERATE_BUCKET = 64  # prompt and cache lengths are rounded up to this, so generate compiles rarely
 
 
@@ -98,15 +97,8 @@ class JaxBackend:
             self._check_batch_size(config)  # before the weights load
         self.communicator = processes.JaxCommunicator(self.layout.size)
         self.device = jax.local_devices()[0]
-        self.options = choose_options(self.device.platform, config.precision, self.spec.head_dim)
-        if (
-            self.layout.fsdp > 1
-            and self.options.remat == "none"
-            and os.environ.get(REMAT_VAR, "auto").strip() in ("", "auto")
-        ):
-            # Without remat the backward pass keeps every layer's all-gathered weights: the whole
-            # model on each device. With it each layer's weights are gathered again when needed.
-            self.options = dataclasses.replace(self.options, remat="dots")
+        self.checkpointing = self._checkpointing_policy(model, config)
+        self.options = choose_options(self.device.platform, config.precision, self.spec.head_dim, self.checkpointing)
         self.rank = config.lora_r
         dtype = jnp.dtype(self.options.dtype)
         weights = (
@@ -142,6 +134,30 @@ class JaxBackend:
         self._next_micro = 0
         self._no_keys = np.zeros((self.spec.num_layers, portable_dropout.N_MODULES, 2), np.uint32)
         self._loaded = True
+
+    def _checkpointing_policy(self, model: ModelSource, config: Config) -> str:
+        """Config ``gradient_checkpointing``; auto: off on CPU, dots whenever the weights are sharded
+        (without remat the backward pass keeps every layer's all-gathered weights: the whole model
+        on each device), else on an accelerator the first of dots, full that fits the free memory
+        (dots first: on an H200 it costs no speed and saves a third of the peak, NOTES.md)."""
+        setting = config.gradient_checkpointing
+        if setting != "auto":
+            return setting
+        if self.layout.fsdp > 1:
+            return "dots"
+        if self.device.platform == "cpu":
+            return "off"
+        stats = _memory_stats(self.device) or {}
+        free = stats.get("bytes_limit", 0) - stats.get("bytes_in_use", 0)
+        value_bytes = 4 if config.precision == "fp32" else 2
+        return activation_memory.choose(
+            model.config,
+            config.batch_size * config.max_seq_len // self.layout.data,
+            bytes_per_value=value_bytes,
+            weight_bytes=count_params(model.config) * value_bytes,
+            free_bytes=free,
+            preference=("dots", "full"),
+        )
 
     def _check_batch_size(self, config: Config) -> None:
         try:
@@ -333,6 +349,9 @@ class JaxBackend:
             "architecture": self.spec.architecture,
             # Windows that differ between layers always take XLA's kernel with an explicit mask (model.py).
             "attention": "xla (per-layer sliding windows)" if self.spec.mixed_windows else self.options.attention,
+            "gradient_checkpointing": activation_memory.describe(
+                self.config.gradient_checkpointing, self.checkpointing
+            ),
             "remat": self.options.remat,
             "loss_chunk_tokens": self.options.loss_chunk,
             "params_total": trainable + frozen,

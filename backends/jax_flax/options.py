@@ -3,13 +3,14 @@
 They change speed and memory, never the loss (beyond bf16 rounding), so they are not config keys:
 
   LORASWITCH_JAX_ATTENTION   auto | cudnn | xla      (auto: cudnn on GPU with bf16, else xla)
-  LORASWITCH_JAX_REMAT       none | dots | dots+fused | full | names:a,b   rematerialisation of
-                             each layer in the backward pass (names: save only these
-                             checkpoint_name'd values: qkv, attn_out, mlp_hidden). auto: dots on
-                             GPU/TPU (llama-1b on an H200: peak 28.3 -> 18.5 GiB at the same speed,
-                             docs/bench/NOTES.md), none on CPU. dots does not see the fused
-                             products (LORASWITCH_JAX_FUSE) and recomputes them in backward;
-                             dots+fused saves them too (not yet measured on a GPU: NOTES.md)
+  LORASWITCH_JAX_REMAT       auto | none | dots | dots+fused | full | names:a,b   overrides the
+                             config's gradient_checkpointing for experiments: rematerialisation
+                             of each layer in the backward pass (names: save only these
+                             checkpoint_name'd values: qkv, attn_out, mlp_hidden). auto: from the
+                             config (off -> none, full -> full, dots -> dots+fused). dots alone
+                             does not see the fused products (LORASWITCH_JAX_FUSE) and recomputes
+                             them in backward; dots+fused saves them too (llama-1b on an H200:
+                             58.9k -> 64.4k tokens/s, docs/bench/NOTES.md)
   LORASWITCH_JAX_LOSS_CHUNK  tokens per lm_head + cross-entropy chunk (default 4096); the fp32
                              logits of only one chunk exist at a time
   LORASWITCH_JAX_PRNG        PRNG for LoRA dropout: threefry2x32 | rbg | unsafe_rbg
@@ -46,8 +47,12 @@ def _env(name: str, default: str, allowed: tuple[str, ...] | None = None) -> str
     return value
 
 
-def choose_options(platform: str, precision: str, head_dim: int = 64) -> Options:
-    """``platform`` is jax's ("cpu", "gpu", "tpu"); ``precision`` the config value auto|fp32|bf16."""
+REMAT_OF_CHECKPOINTING = {"off": "none", "full": "full", "dots": "dots+fused"}
+
+
+def choose_options(platform: str, precision: str, head_dim: int = 64, checkpointing: str = "off") -> Options:
+    """``platform`` is jax's ("cpu", "gpu", "tpu"); ``precision`` the config value auto|fp32|bf16;
+    ``checkpointing`` the resolved gradient_checkpointing policy (off | full | dots)."""
     accelerator = platform in ("gpu", "cuda", "rocm", "tpu")
     if precision == "auto":
         precision = "bf16" if accelerator else "fp32"
@@ -60,7 +65,7 @@ def choose_options(platform: str, precision: str, head_dim: int = 64) -> Options
         attention = "cudnn" if cudnn_ok else "xla"
     remat = _env("LORASWITCH_JAX_REMAT", "auto")
     if remat == "auto":
-        remat = "dots" if accelerator else "none"
+        remat = REMAT_OF_CHECKPOINTING[checkpointing]
     if remat not in ("none", "dots", "dots+fused", "full") and not remat.startswith("names:"):
         raise UserError(
             f"LORASWITCH_JAX_REMAT={remat!r}: expected auto, none, dots, dots+fused, full or names:{','.join(REMAT_NAMES)}"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loraswitch.backends.torch_peft import adapter, optimizer, processes
+from loraswitch.backends.torch_peft import adapter, optimizer, processes, recompute
 from loraswitch.backends.torch_peft import dropout as portable_dropout
 from loraswitch.backends.torch_peft.attention import attention_choice, attention_context, kernel_used
 from loraswitch.backends.torch_peft.generation import generate_tokens
@@ -32,6 +32,7 @@ from loraswitch.core.adapters.init import initial_adapter
 from loraswitch.core.backend import LossValue
 from loraswitch.core.config import Config
 from loraswitch.core.export.fingerprint import write_base_fingerprint
+from loraswitch.core.training import activation_memory
 from loraswitch.core.training.parallel import mesh_sizes, shard_rows
 from loraswitch.core.types import Batch, MicroStep, ModelSource
 
@@ -123,6 +124,8 @@ class TorchBackend:
         self._dropout_keys = self._portable_dropout(config)
         causal_lm = self.model.get_base_model()
         self.decoder, self.head = causal_lm.model, causal_lm.lm_head
+        self.checkpointing = self._checkpointing_policy(model, config)
+        recompute.apply(self.decoder.layers, self.checkpointing)
 
         self._hidden_fn = self._decoder_hidden
         self._loss_fn, self._loss_and_grad_fn = chunk_loss, chunk_loss_and_grad
@@ -152,6 +155,25 @@ class TorchBackend:
             self.model.train()
         else:
             self.model.eval()
+
+    def _checkpointing_policy(self, model: ModelSource, config: Config) -> str:
+        """Config ``gradient_checkpointing``; auto: off on CPU, on CUDA the first of off, dots,
+        full whose estimated peak fits the free memory (core.training.activation_memory)."""
+        setting = config.gradient_checkpointing
+        if setting != "auto":
+            return setting
+        device = self.placement.device
+        if device.type != "cuda":
+            return "off"
+        base = [p for n, p in self.model.named_parameters() if ".lora_" not in n]
+        data_parallel = self.group.data_parallel_size if self.group is not None else 1
+        return activation_memory.choose(
+            model.config,
+            config.batch_size * config.max_seq_len // data_parallel,
+            bytes_per_value=2 if self.placement.dtype == torch.bfloat16 else 4,
+            weight_bytes=sum(p.numel() * p.element_size() for p in base),
+            free_bytes=torch.cuda.mem_get_info(device)[0],
+        )
 
     def _portable_dropout(self, config: Config) -> portable_dropout.KeyTable | None:
         """Replace peft's dropout modules by the portable mask (config dropout_masks), keyed by
@@ -336,6 +358,9 @@ class TorchBackend:
             "device": f"{device} ({name})" if device.type == "cuda" else "cpu",
             "precision": self.placement.precision,
             "compile": self.placement.compile,
+            "gradient_checkpointing": activation_memory.describe(
+                self.config.gradient_checkpointing, self.checkpointing
+            ),
             "attention": self._attention_kernel(),
             "params_total": sum(p.numel() for p in unique),
             "params_trainable": sum(p.numel() for p in unique if p.requires_grad),

@@ -39,6 +39,7 @@ class HFReference:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        from loraswitch.backends.torch_peft import recompute
         from loraswitch.core.models import families
 
         s = self.settings
@@ -76,6 +77,11 @@ class HFReference:
         )
         self.model = get_peft_model(model, lora)
         self.model.train()
+        # auto: the baseline as users run it, nothing recomputed; a named policy: the same layers
+        # recomputed the same way as in the loraswitch systems (like for like).
+        self.checkpointing = "off" if s.gradient_checkpointing == "auto" else s.gradient_checkpointing
+        if recompute.apply(model.model.layers, self.checkpointing):
+            model.config.use_cache = False  # as transformers' own switch does: a KV cache is global state
         self.forward = self.model
         if self.variant == "compile":
             # LORASWITCH_HF_COMPILE_BACKEND=aot_eager lets a CPU test run the compiled path
@@ -129,4 +135,5 @@ class HFReference:
             "params_trainable": self.params_trainable,
             "compile": self.variant == "compile",
             "variant": self.variant,
+            "gradient_checkpointing": self.checkpointing,
         }

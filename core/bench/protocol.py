@@ -51,6 +51,11 @@ class BenchSettings(BaseModel):
         description="The backends' dropout masks: portable (the core's hash, the same on every backend) or "
         "framework (each framework's RNG). hf-reference always uses peft's.",
     )
+    gradient_checkpointing: Literal["auto", "off", "full", "dots"] = Field(
+        "auto",
+        description="The config key, for every system: auto lets each loraswitch backend choose (its describe() "
+        "says what it chose) and runs hf-* without; off/full/dots run every system, hf-* included, so.",
+    )
     lora_target_modules: tuple[str, ...] = Field(tuple(DEFAULT_TARGET_MODULES), min_length=1)
     learning_rate: float = Field(2e-4, gt=0, description="Constant learning rate of AdamW.")
     weight_decay: float = Field(0.0, ge=0)

@@ -83,7 +83,8 @@ def _title(report: dict[str, Any]) -> str:
     return (
         f"{report['model']['name']} on {where}, {s['precision']}, {batch} × seq {s['seq_len']}, "
         f"accumulation {s['accumulation_steps']}, r {s['lora_r']}, dropout {s['lora_dropout']} "
-        f"({s.get('dropout_masks', 'framework')} masks), {s['steps']} timed steps after {s['warmup_steps']} warm-up"
+        f"({s.get('dropout_masks', 'framework')} masks), gradient checkpointing {s.get('gradient_checkpointing', 'off')}, "
+        f"{s['steps']} timed steps after {s['warmup_steps']} warm-up"
     )
 
 

@@ -73,6 +73,7 @@ class BackendSystem:
                 "accumulation_steps": s.accumulation_steps,
                 "max_seq_len": s.seq_len,
                 "mesh": self.mesh,
+                "gradient_checkpointing": s.gradient_checkpointing,
             },
             origin="bench",
         )

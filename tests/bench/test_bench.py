@@ -137,7 +137,7 @@ def test_failed_worker_is_reported_with_its_log_tail(tmp_path):
 @pytest.mark.parametrize("shape", ["tiny", "tiny-qwen3"])  # tiny-qwen3: the qwen3-* rows' code path
 def test_bench_on_tiny_cpu_trains_every_system(shape, tmp_path, capsys, monkeypatch):
     """Every system on the tiny shape, the compiled peer and a warm-cache rerun included; the
-    Qwen shape with the core systems only (it checks the family's path, not the bench's options)."""
+    Qwen shape with the core systems only and every system recomputing activations (dots)."""
     # The compiled peer runs through torch.compile with the aot_eager backend: the same Dynamo and
     # AOTAutograd path, without inductor's C++ build (minutes on a 2-core CPU).
     monkeypatch.setenv("LORASWITCH_HF_COMPILE_BACKEND", "aot_eager")
@@ -151,7 +151,7 @@ def test_bench_on_tiny_cpu_trains_every_system(shape, tmp_path, capsys, monkeypa
     out = tmp_path / "bench"
     argv = ["--shape", shape, "--systems", ",".join(wanted), "--batch_size", "2", "--seq_len", "32",
             "--accumulation_steps", "2", "--steps", "2", "--warmup_steps", "1", "--precision", "fp32",
-            "--out", str(out), *(["--warm_rerun"] if full else [])]  # fmt: skip
+            "--out", str(out), *(["--warm_rerun"] if full else ["--gradient_checkpointing", "dots"])]  # fmt: skip
     assert cli.main(["bench", *argv]) == 0, capsys.readouterr()
 
     data = json.loads((out / "results.json").read_text())
@@ -175,6 +175,8 @@ def test_bench_on_tiny_cpu_trains_every_system(shape, tmp_path, capsys, monkeypa
             assert r["ratio_to_hf_compile"] > 0
             assert r["warmup_warm_s"] > 0  # each system started a second time on the cache its first run filled
         assert (out / r["log"]).exists()
+        if r["system"] != "numpy":  # the setting reaches every system; auto lets each choose (off on a CPU)
+            assert r["info"]["gradient_checkpointing"] in (("off", "off (auto)") if full else ("dots",)), r["info"]
         losses[r["system"]] = r["loss"]
     if full:
         assert data["systems"][1]["info"]["compile"] is True

@@ -28,6 +28,7 @@ SETTING_OPTIONS = (
     "lora_alpha",
     "lora_dropout",
     "dropout_masks",
+    "gradient_checkpointing",
     "learning_rate",
     "weight_decay",
     "precision",

@@ -126,7 +126,8 @@ def test_two_by_two_mesh_matches_one_device(launched, reference):
     assert_same_adapter(run_dir / "adapter", reference / "adapter")
     facts = description(run_dir)
     assert (facts["device_count"], facts["processes"], facts["parallel"]) == (4, 1, "data 2 x fsdp 2")
-    assert facts["remat"] == "dots"  # fsdp: each layer's weights are gathered again for the backward pass
+    # fsdp: each layer's weights are gathered again for the backward pass
+    assert (facts["gradient_checkpointing"], facts["remat"]) == ("dots (auto)", "dots+fused")
 
 
 def test_four_device_checkpoint_resumes_on_one_device(launched, reference):
