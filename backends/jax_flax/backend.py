@@ -317,7 +317,7 @@ class JaxBackend:
         return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
 
     def _packed_attention(self) -> str:
-        if self.spec.mixed_windows or self.options.attention != "cudnn":
+        if self.spec.mixed_windows or self.options.packed_attention != "cudnn":
             return "xla (segment mask)"
         return "cudnn (segment mask as bias)"
 

@@ -121,7 +121,7 @@ class Attention(nnx.Module):
             mask &= pos[None, None, :] > pos[None, :, None] - window
         shared = self.spec.sliding_window
         extra = {"local_window_size": (shared - 1, 0)} if shared is not None and T > shared else {}
-        if self.options.attention == "cudnn" and window is None:
+        if self.options.packed_attention == "cudnn" and window is None:
             extra["implementation"] = "cudnn"
         return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], is_causal=True, **extra)
 
