@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="also print one JSON line per row")
     args = parser.parse_args(argv)
     print(
-        f"{'backend':8} {'precision':9} {'packed attention':46} {'step loss':>10} {'rel diff':>9} {'after':>10} {'rel diff':>9}"
+        f"{'backend':8} {'precision':9} {'packed attention':52} {'step loss':>10} {'rel diff':>9} {'after':>10} {'rel diff':>9}"
     )
     for precision in args.precision.split(","):
         settings = BenchSettings(
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.backends.split(","):
             r = check(name.strip(), settings)
             print(
-                f"{r['backend']:8} {r['precision']:9} {r['packed_attention']:46} {r['step_loss_packed']:10.6f} "
+                f"{r['backend']:8} {r['precision']:9} {r['packed_attention']:52} {r['step_loss_packed']:10.6f} "
                 f"{r['step_loss_rel_diff']:9.2e} {r['eval_after_packed']:10.6f} {r['eval_after_rel_diff']:9.2e}",
                 flush=True,
             )
