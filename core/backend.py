@@ -39,7 +39,9 @@ class Backend(Protocol):
         Returns this micro-batch's contribution ``weight * loss_sum`` (the window's loss is
         the sum of the contributions). Dropout masks: the core's portable masks keyed by
         (config.seed, micro.step, micro.micro), or with ``dropout_masks: framework`` the
-        framework's generator, stateless in the same numbers."""
+        framework's generator, stateless in the same numbers. With ``packing: true`` the batch
+        is packed (``micro.batch.packed``): attention must stay inside each ``segment_ids``
+        segment and rope must use ``position_ids`` (core/types.py, docs/packing.md)."""
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         """Sum of target-token cross-entropy and the number of target tokens, no dropout."""

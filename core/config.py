@@ -77,7 +77,22 @@ class Config(BaseModel):
         "random generator: torch.manual_seed / jax.random; masks differ between backends).",
     )
     max_seq_len: int = Field(1024, gt=1, description="Examples longer than this are truncated (and counted).")
-    packing: bool = Field(False, description="Pack several examples into each max_seq_len row instead of padding.")
+    packing: bool = Field(
+        False,
+        description="Pack whole examples into max_seq_len rows instead of padding each; attention and rope "
+        "positions stay per example, so the loss is the same as unpacked (docs/packing.md).",
+    )
+    group_by_length: bool = Field(
+        False,
+        description="Unpacked: sort each run of 50 micro-batches of the shuffled order by length, so a "
+        "micro-batch pads little (transformers' group_by_length).",
+    )
+    pad_to_multiple_of: int = Field(
+        16,
+        gt=0,
+        description="Unpacked micro-batches pad to their longest example rounded up to this (fewer shapes to "
+        "compile; 64 suits jit backends on GPU).",
+    )
     seed: int = Field(0, ge=0, description="Seeds the split, the data order, LoRA init and dropout.")
     eval_every: int = Field(
         50, gt=0, description="Evaluate on the validation split every this many steps (and at the end)."

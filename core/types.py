@@ -34,11 +34,23 @@ class TokenizedExample:
 class Batch:
     """A padded micro-batch, Hugging Face conventions: labels are *not* shifted; the loss at
     position i predicts labels[i] from tokens < i, so targets are ``labels[:, 1:] != -100``.
-    Padding is on the right. Rows added to fill the last micro-batch have no targets."""
+    Padding is on the right. Rows added to fill the last micro-batch have no targets.
+
+    A *packed* batch (``packing: true``) holds several examples per row and says where each
+    starts: ``segment_ids`` numbers the examples of a row 1, 2, ... (0 = padding) and
+    ``position_ids`` restarts at 0 with every example. A backend must then let a token attend
+    only to earlier tokens of its own segment and use ``position_ids`` for rope, so each
+    example computes exactly what it would alone. Both are None for one example per row."""
 
     input_ids: np.ndarray  # int32 [B, T]
     attention_mask: np.ndarray  # int32 [B, T], 1 = real token
     labels: np.ndarray  # int32 [B, T], IGNORE_INDEX where no loss
+    segment_ids: np.ndarray | None = None  # int32 [B, T]: example number in its row, 0 = padding
+    position_ids: np.ndarray | None = None  # int32 [B, T]: position inside its example
+
+    @property
+    def packed(self) -> bool:
+        return self.segment_ids is not None
 
     @property
     def n_targets(self) -> int:

@@ -38,6 +38,7 @@ from loraswitch.backends.jax_flax.sharding import (
     gather_where_read,
     inference_layout,
     make_layout,
+    put_packing,
     put_rows,
     replicate,
     to_host,
@@ -201,6 +202,7 @@ class JaxBackend:
             self.opt_state,
             self.frozen,
             *put_rows(micro.batch, self.layout),
+            put_packing(micro.batch, self.layout),
             np.float32(micro.weight),
             np.float32(micro.lr),
             np.int32(micro.window_size),
@@ -220,7 +222,7 @@ class JaxBackend:
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         self._require()
-        loss = self.fn.eval_loss(self.lora, self.frozen, *put_rows(batch, self.layout))
+        loss = self.fn.eval_loss(self.lora, self.frozen, *put_rows(batch, self.layout), put_packing(batch, self.layout))
         return float(loss), batch.n_targets
 
     def logits(self, batch: Batch) -> np.ndarray:
@@ -330,6 +332,11 @@ class JaxBackend:
 
         return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
 
+    def _packed_attention(self) -> str:
+        if self.spec.mixed_windows or self.options.packed_attention != "cudnn":
+            return "xla (segment mask)"
+        return "cudnn (segment mask as bias)"
+
     def describe(self) -> dict[str, Any]:
         self._require()
         trainable = sum(math.prod(x.shape) for x in jax.tree.leaves(self.lora))
@@ -352,6 +359,8 @@ class JaxBackend:
             "gradient_checkpointing": activation_memory.describe(
                 self.config.gradient_checkpointing, self.checkpointing
             ),
+            # Packed batches (packing: true): the same kernel with a same-segment mask [B, 1, T, T] (model.py)
+            "attention_packed": self._packed_attention(),
             "remat": self.options.remat,
             "loss_chunk_tokens": self.options.loss_chunk,
             "params_total": trainable + frozen,

@@ -70,7 +70,7 @@ class Attention(nnx.Module):
         self.k_norm = _optional_param(norms.get("self_attn.k_norm.weight"))
         self.spec, self.options = spec, options
 
-    def __call__(self, x, cos, sin, key_mask, keys, cache: Cache | None, start, window):
+    def __call__(self, x, cos, sin, key_mask, keys, cache: Cache | None, start, window, segments=None):
         s = self.spec
         B, T, _ = x.shape
         q, k, v = _project(
@@ -83,7 +83,9 @@ class Attention(nnx.Module):
             q, k = rms_norm(q, self.q_norm[...], s.rms_norm_eps), rms_norm(k, self.k_norm[...], s.rms_norm_eps)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (checkpoint_name(t, "qkv") for t in (q, k, v))
-        if cache is None:
+        if cache is None and segments is not None:
+            out, new_cache = self._attend_segments(q, k, v, segments, window), None
+        elif cache is None:
             out, new_cache = self._attend(q, k, v, key_mask, window), None
         else:
             out, new_cache = self._attend_cached(q, k, v, cache, start, window)
@@ -105,6 +107,23 @@ class Attention(nnx.Module):
             return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn", **extra)
         mask = None if key_mask is None else key_mask[:, None, None, :].astype(bool)
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, **extra)
+
+    def _attend_segments(self, q, k, v, segments, window):
+        """Packed rows: a token attends to earlier tokens of its own segment only (segment ids
+        [B, T], padding its own segment 0), so every packed example computes what it would
+        alone. The same-segment mask [B, 1, T, T] is shared by the heads; causality and a shared
+        sliding window stay the kernel's own (on cuDNN the mask becomes an additive bias). Inside
+        a segment positions are contiguous, so a window over indices is a window over positions."""
+        T = q.shape[1]
+        mask = segments[:, :, None] == segments[:, None, :]
+        if window is not None:  # this layer's own window (traced)
+            pos = jnp.arange(T)
+            mask &= pos[None, None, :] > pos[None, :, None] - window
+        shared = self.spec.sliding_window
+        extra = {"local_window_size": (shared - 1, 0)} if shared is not None and T > shared else {}
+        if self.options.packed_attention == "cudnn" and window is None:
+            extra["implementation"] = "cudnn"
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], is_causal=True, **extra)
 
     def _attend_cached(self, q, k, v, cache: Cache, start, window):
         """Write this chunk's keys/values at ``start`` and attend over the whole cache, masking
@@ -147,10 +166,10 @@ class Block(nnx.Module):
         self.eps = spec.rms_norm_eps
         self.linear_names = spec.linear_names
 
-    def __call__(self, x, cos, sin, key_mask, key, cache, start, window=None):
+    def __call__(self, x, cos, sin, key_mask, key, cache, start, window=None, segments=None):
         keys = _module_keys(key)
         attn, new_cache = self.self_attn(
-            rms_norm(x, self.input_layernorm[...], self.eps), cos, sin, key_mask, keys, cache, start, window
+            rms_norm(x, self.input_layernorm[...], self.eps), cos, sin, key_mask, keys, cache, start, window, segments
         )
         x = x + attn
         x = x + self.mlp(rms_norm(x, self.post_attention_layernorm[...], self.eps), keys)
@@ -248,12 +267,16 @@ class DecoderLM(nnx.Module):
         dropout_key: jax.Array | None = None,
         cache: Cache | None = None,
         start: Any = 0,
+        segment_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, Cache | None]:
-        """Final-norm hidden states [B, T, d]; with ``cache``, positions start at ``start``."""
+        """Final-norm hidden states [B, T, d]; with ``cache``, positions start at ``start``.
+        Packed rows pass ``segment_ids`` and ``position_ids`` [B, T] (core.types.Batch): attention
+        stays inside each segment and rope uses the per-example positions."""
         T = input_ids.shape[1]
         x = self.embed_tokens[...][input_ids]
-        positions = start + jnp.arange(T)
-        cos, sin = cos_sin(positions[None], inv_frequencies(self.spec.rope, self.spec.head_dim), self.dtype)
+        positions = (start + jnp.arange(T))[None] if position_ids is None else position_ids
+        cos, sin = cos_sin(positions, inv_frequencies(self.spec.rope, self.spec.head_dim), self.dtype)
         graphdef, stacked = nnx.split(self.layers)
         # dropout_key: the portable key table [layers, modules, 2] (scanned as it is) or a PRNG key
         layer_keys = dropout_key
@@ -263,7 +286,7 @@ class DecoderLM(nnx.Module):
         def one_layer(x, per_layer):
             layer_state, key, layer_cache, window = per_layer
             block = nnx.merge(graphdef, layer_state)
-            return block(x, cos, sin, key_mask, key, layer_cache, start, window)
+            return block(x, cos, sin, key_mask, key, layer_cache, start, window, segment_ids)
 
         scanned = (stacked, layer_keys, cache, self._layer_windows())
         x, new_cache = jax.lax.scan(_remat(one_layer, self.options.remat), x, scanned)
@@ -275,9 +298,13 @@ class DecoderLM(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         return jnp.einsum("btd,vd->btv", hidden, self.output_embedding(), preferred_element_type=jnp.float32)
 
-    def loss_sum(self, input_ids, attention_mask, labels, *, dropout_key=None) -> jax.Array:
+    def loss_sum(
+        self, input_ids, attention_mask, labels, *, dropout_key=None, segment_ids=None, position_ids=None
+    ) -> jax.Array:
         """Sum of fp32 token cross-entropy over targets (labels unshifted, HF convention)."""
-        hidden, _ = self.hidden_states(input_ids, attention_mask, dropout_key=dropout_key)
+        hidden, _ = self.hidden_states(
+            input_ids, attention_mask, dropout_key=dropout_key, segment_ids=segment_ids, position_ids=position_ids
+        )
         targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], axis=1)
         return chunked_cross_entropy_sum(hidden, self.output_embedding(), targets, self.options.loss_chunk)
 

@@ -18,6 +18,11 @@ They change speed and memory, never the loss (beyond bf16 rounding), so they are
   LORASWITCH_JAX_FUSE        on | off (default on): projections that read the same input (q,k,v;
                              gate,up) and each LoRA B product run as one matrix product
                              (lora.fused_projections); off: one product per linear and per B
+  LORASWITCH_JAX_PACKED_ATTENTION  auto | cudnn | xla   the kernel of packed batches
+                             (packing: true; model.Attention._attend_segments): cudnn takes the
+                             same-segment mask as an additive bias; auto: what
+                             LORASWITCH_JAX_ATTENTION chose. xla is the exact fallback if cuDNN
+                             refuses the bias on some GPU (not yet run on one: docs/packing.md)
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class Options:
     loss_chunk: int = 4096
     prng: str = "threefry2x32"
     fuse: bool = True
+    packed_attention: str = "xla"  # xla | cudnn: the kernel of packed batches
 
 
 def _env(name: str, default: str, allowed: tuple[str, ...] | None = None) -> str:
@@ -80,4 +86,13 @@ def choose_options(platform: str, precision: str, head_dim: int = 64, checkpoint
     if prng == "auto":
         prng = "rbg" if accelerator else "threefry2x32"
     fuse = _env("LORASWITCH_JAX_FUSE", "on", ("on", "off")) == "on"
-    return Options(dtype=dtype, attention=attention, remat=remat, loss_chunk=int(chunk), prng=prng, fuse=fuse)
+    packed = _env("LORASWITCH_JAX_PACKED_ATTENTION", "auto", ("auto", "cudnn", "xla"))
+    return Options(
+        dtype=dtype,
+        attention=attention,
+        remat=remat,
+        loss_chunk=int(chunk),
+        prng=prng,
+        fuse=fuse,
+        packed_attention=attention if packed == "auto" else packed,
+    )

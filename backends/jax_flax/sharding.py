@@ -206,7 +206,8 @@ def to_host(x: Any) -> np.ndarray:
 
 def pad_rows(batch: Batch, multiple: int) -> Batch:
     """``batch`` with filler rows up to a multiple of ``multiple`` rows: a single attended pad
-    token and no labels, as ``core.batching.collate`` fills a short batch, so they add no loss."""
+    token and no labels, as ``core.batching.collate`` fills a short batch, so they add no loss
+    (in a packed batch they are all padding: segment 0)."""
     extra = -batch.input_ids.shape[0] % multiple
     if not extra:
         return batch
@@ -215,11 +216,19 @@ def pad_rows(batch: Batch, multiple: int) -> Batch:
     mask = np.zeros((extra, T), batch.attention_mask.dtype)
     mask[:, 0] = 1
     labels = np.full((extra, T), IGNORE_INDEX, batch.labels.dtype)
+    packed = {}
+    if batch.segment_ids is not None and batch.position_ids is not None:
+        positions = np.broadcast_to(np.arange(T, dtype=batch.position_ids.dtype), (extra, T))
+        packed = {
+            "segment_ids": np.concatenate([batch.segment_ids, np.zeros((extra, T), batch.segment_ids.dtype)]),
+            "position_ids": np.concatenate([batch.position_ids, positions]),
+        }
     return replace(
         batch,
         input_ids=np.concatenate([batch.input_ids, ids]),
         attention_mask=np.concatenate([batch.attention_mask, mask]),
         labels=np.concatenate([batch.labels, labels]),
+        **packed,
     )
 
 
@@ -228,3 +237,12 @@ def put_rows(batch: Batch, layout: Layout) -> tuple[jax.Array, jax.Array, jax.Ar
     batch = pad_rows(batch, layout.size)
     sharding = layout.rows
     return (put(batch.input_ids, sharding), put(batch.attention_mask, sharding), put(batch.labels, sharding))
+
+
+def put_packing(batch: Batch, layout: Layout) -> tuple[jax.Array, jax.Array] | None:
+    """A packed batch's (segment_ids, position_ids), placed like ``put_rows``; None if unpacked."""
+    if batch.segment_ids is None or batch.position_ids is None:
+        return None
+    batch = pad_rows(batch, layout.size)
+    assert batch.segment_ids is not None and batch.position_ids is not None
+    return put(batch.segment_ids, layout.rows), put(batch.position_ids, layout.rows)

@@ -66,6 +66,12 @@ class Functions:
     extend: Callable
 
 
+def _packing_kwargs(packing) -> dict[str, Any]:
+    """A packed batch's (segment_ids, position_ids) as loss_sum's keywords; None: one example a
+    row. None is an empty pytree to jit, so packed and unpacked batches are two executables."""
+    return {} if packing is None else {"segment_ids": packing[0], "position_ids": packing[1]}
+
+
 @functools.cache
 def compiled_functions(statics: Statics) -> Functions:
     graphdef, seed, prng, rate = statics.graphdef, statics.seed, statics.prng, statics.dropout_rate
@@ -76,9 +82,10 @@ def compiled_functions(statics: Statics) -> Functions:
         return tuple(jax.lax.with_sharding_constraint(a, rows) for a in arrays)
 
     def micro_step(
-        lora, opt_state, frozen, input_ids, attention_mask, labels, weight, lr, window, step, micro, key_table
+        lora, opt_state, frozen, input_ids, attention_mask, labels, packing, weight, lr, window, step, micro, key_table
     ):
         input_ids, attention_mask, labels = split_rows(input_ids, attention_mask, labels)
+        packing = packing if packing is None else split_rows(*packing)  # (segment_ids, position_ids) or None
         key = None
         if rate > 0 and statics.dropout_masks == "portable":
             key = key_table  # uint32 [layers, modules, 2], computed on the host by the core
@@ -87,16 +94,19 @@ def compiled_functions(statics: Statics) -> Functions:
 
         def weighted_loss(lora):
             model = nnx.merge(graphdef, lora, frozen)
-            return model.loss_sum(input_ids, attention_mask, labels, dropout_key=key) * weight
+            return (
+                model.loss_sum(input_ids, attention_mask, labels, dropout_key=key, **_packing_kwargs(packing)) * weight
+            )
 
         loss, grads = jax.value_and_grad(weighted_loss)(lora)
         tx = optimizer.accumulate(inner_tx, window)
         updates, opt_state = tx.update(grads, optimizer.set_learning_rate(opt_state, lr), lora)
         return optax.apply_updates(lora, updates), opt_state, loss
 
-    def eval_loss(lora, frozen, input_ids, attention_mask, labels):
+    def eval_loss(lora, frozen, input_ids, attention_mask, labels, packing):
         input_ids, attention_mask, labels = split_rows(input_ids, attention_mask, labels)
-        return nnx.merge(graphdef, lora, frozen).loss_sum(input_ids, attention_mask, labels)
+        packing = packing if packing is None else split_rows(*packing)
+        return nnx.merge(graphdef, lora, frozen).loss_sum(input_ids, attention_mask, labels, **_packing_kwargs(packing))
 
     def logits(lora, frozen, input_ids, attention_mask):
         input_ids, attention_mask = split_rows(input_ids, attention_mask)

@@ -36,6 +36,9 @@ from loraswitch.core.training import activation_memory
 from loraswitch.core.training.parallel import mesh_sizes, shard_rows
 from loraswitch.core.types import Batch, MicroStep, ModelSource
 
+# What packed batches (packing: true) run: transformers' packed-sequence mask from position_ids.
+PACKED_ATTENTION = "sdpa (document mask [B, 1, T, T] from position_ids)"
+
 
 def dropout_seed(seed: int, step: int, micro: int, rank: int | None = None) -> int:
     """With ``dropout_masks: framework``, a stateless seed for torch's generator in one
@@ -252,8 +255,12 @@ class TorchBackend:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _decoder_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        return self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    def _decoder_hidden(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.decoder(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
 
     def _target_loss(self, batch: Batch) -> torch.Tensor:
         """Sum of cross-entropy over the batch's targets (grad-enabled unless called under no_grad)."""
@@ -264,8 +271,15 @@ class TorchBackend:
         if scale is not None:
             rows, targets = np.zeros(1, np.int64), np.zeros(1, np.int64)
         input_ids, attention_mask = self._inputs(batch, causal_suffices=True)
+        position_ids = None
+        if batch.position_ids is not None:
+            # Packed rows: per-example positions and no 2D mask. transformers' masking_utils then
+            # finds the examples from where the positions restart (find_packed_sequence_indices)
+            # and builds a causal mask that never crosses them, with the model's sliding windows:
+            # for SDPA one boolean [B, 1, T, T] mask shared by the heads (attention.py).
+            attention_mask, position_ids = None, self._to_device(np.asarray(batch.position_ids, dtype=np.int64))
         with self._autocast(), self._attention():
-            hidden = self._hidden_fn(input_ids, attention_mask)
+            hidden = self._hidden_fn(input_ids, attention_mask, position_ids)
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, self._to_device(rows))
         tokens = None  # an adapted lm_head's portable dropout needs the global index of each row
         if self._dropout_keys is not None:
@@ -362,6 +376,7 @@ class TorchBackend:
                 self.config.gradient_checkpointing, self.checkpointing
             ),
             "attention": self._attention_kernel(),
+            "attention_packed": PACKED_ATTENTION,
             "params_total": sum(p.numel() for p in unique),
             "params_trainable": sum(p.numel() for p in unique if p.requires_grad),
             "processes": self.group.world_size if self.group is not None else 1,

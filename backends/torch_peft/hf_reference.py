@@ -5,7 +5,11 @@ plain: no torch.compile, no fused loss, no tricks. It mirrors the anchor measure
 published reference numbers (docs/benchmarks.md): the model's transformers class
 (LlamaForCausalLM, Qwen3ForCausalLM...) built from its config, SDPA
 attention, bf16 on CUDA (fp32 on CPU), ``get_peft_model``, fused AdamW on CUDA,
-``(loss / accumulation_steps).backward()``, ``opt.step()``, ``opt.zero_grad()``.
+``loss.backward()`` on each micro-batch's loss scaled by its share of the window's target tokens
+(what transformers' Trainer does with ``num_items_in_batch``; ``loss / accumulation_steps`` when
+every micro-batch has as many targets), ``opt.step()``, ``opt.zero_grad()``. In real-length mode
+(``--lengths``) each micro-batch is padded to its own longest example, with the attention mask
+and -100 labels on the padding, as transformers' ``DataCollatorWithPadding`` gives it.
 
 ``hf-compile`` is the same loop with ``torch.compile(model)``: what a careful torch user runs,
 the strongest plain peer. ``hf-liger`` (only where liger-kernel is installed) patches the model
@@ -22,17 +26,19 @@ from typing import Any
 import numpy as np
 
 from loraswitch.core.bench.protocol import BenchSettings
-from loraswitch.core.types import ModelSource
+from loraswitch.core.types import Batch, ModelSource
 
 VARIANTS = {"hf-reference": "eager", "hf-compile": "compile", "hf-liger": "liger"}
 
 
 class HFReference:
-    def __init__(self, settings: BenchSettings, source: ModelSource, tokens: np.ndarray, name: str = "hf-reference"):
+    def __init__(
+        self, settings: BenchSettings, source: ModelSource, windows: list[list[Batch]], name: str = "hf-reference"
+    ):
         self.name, self.variant = name, VARIANTS[name]
         self.settings = settings
         self.source = source
-        self.tokens = tokens
+        self.batches = windows  # each step's micro-batches (core.bench.worker.windows_of)
 
     def load(self) -> None:
         import torch
@@ -95,17 +101,27 @@ class HFReference:
             params, lr=s.learning_rate, weight_decay=s.weight_decay, fused=self.device == "cuda"
         )
         # All the data on the device before the clock starts, as in the anchor.
-        self.data = torch.from_numpy(self.tokens).to(self.device, torch.long)
+        self.data = [[self._on_device(b) for b in window] for window in self.batches]
+
+    def _on_device(self, batch: Batch) -> tuple[Any, Any, Any, float]:
+        """(input_ids, attention_mask or None when nothing is padding, labels, targets)."""
+        torch = self.torch
+        ids = torch.from_numpy(np.asarray(batch.input_ids)).to(self.device, torch.long)
+        mask = None
+        if not np.asarray(batch.attention_mask).all():
+            mask = torch.from_numpy(np.asarray(batch.attention_mask)).to(self.device, torch.long)
+        labels = torch.from_numpy(np.asarray(batch.labels)).to(self.device, torch.long)
+        return ids, mask, labels, float(batch.n_targets)
 
     def window(self, step: int) -> list[Any]:
-        """One optimizer step: accumulation_steps forward/backward passes, then AdamW.
-        Returns the micro-batch losses as device tensors (no host sync here)."""
-        accum = self.settings.accumulation_steps
+        """One optimizer step: a forward/backward pass per micro-batch, then AdamW. Returns each
+        micro-batch's share of the window's token-mean loss as device tensors (no host sync)."""
+        window = self.data[step]
+        total = sum(n for *_, n in window)
         losses = []
-        for a in range(accum):
-            x = self.data[step * accum + a]
-            loss = self.forward(input_ids=x, labels=x).loss
-            (loss / accum).backward()
+        for ids, mask, labels, n in window:
+            loss = self.forward(input_ids=ids, attention_mask=mask, labels=labels).loss * (n / total)
+            loss.backward()
             losses.append(loss.detach())
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -113,9 +129,8 @@ class HFReference:
 
     @staticmethod
     def window_loss(values: list[Any]) -> float:
-        """Each micro-batch has the same number of targets, so the window's token mean is the
-        mean of the micro-batch means."""
-        return sum(float(v) for v in values) / len(values)
+        """The window's token-mean loss: the sum of the micro-batches' weighted shares."""
+        return sum(float(v) for v in values)
 
     def sync(self) -> None:
         if self.device == "cuda":

@@ -68,9 +68,21 @@ class BenchSettings(BaseModel):
     peak_flops: float = Field(
         H200_BF16_PEAK_FLOPS, gt=0, description="Device peak FLOP/s that MFU is measured against."
     )
+    lengths: str | None = Field(
+        None,
+        description="Real-length mode: example lengths lognormal:MEDIAN:SIGMA:MIN:MAX (e.g. lognormal:400:0.9:32:2048); "
+        "hf systems pad each micro-batch to its longest example, backends pack (core/bench/lengths.py).",
+    )
 
     @model_validator(mode="after")
     def _seq_fits(self) -> BenchSettings:
+        if self.lengths is not None:
+            from loraswitch.core.bench.lengths import parse_lengths
+
+            try:
+                parse_lengths(self.lengths)
+            except ValueError as e:
+                raise ValueError(f"--lengths {self.lengths!r}: {e}") from None
         max_pos = model_config_of(self.shape).get("max_position_embeddings")
         if isinstance(max_pos, int) and self.seq_len > max_pos:
             raise ValueError(f"--seq_len {self.seq_len} exceeds the model's max_position_embeddings ({max_pos})")

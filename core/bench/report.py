@@ -25,10 +25,17 @@ COLUMNS = (
     "loss",
 )
 SCALING_COLUMNS = ("devices", "tokens/s per device", "scaling eff.")
+# Real-length mode (--lengths): target tokens per second, pad excluded, and the share of pad.
+LENGTH_COLUMNS = ("real tokens/s", "pad %")
+
+
+def _real_length(report: dict[str, Any]) -> bool:
+    return bool(report["settings"].get("lengths"))
 
 
 def columns(report: dict[str, Any]) -> tuple[str, ...]:
-    return COLUMNS[:1] + SCALING_COLUMNS + COLUMNS[1:] if report.get("scaling") else COLUMNS
+    cols = COLUMNS[:3] + LENGTH_COLUMNS + COLUMNS[3:] if _real_length(report) else COLUMNS
+    return cols[:1] + SCALING_COLUMNS + cols[1:] if report.get("scaling") else cols
 
 
 def _fmt(x: Any, spec: str, none: str = "–") -> str:
@@ -38,13 +45,14 @@ def _fmt(x: Any, spec: str, none: str = "–") -> str:
 def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
     out = []
     scaling = bool(report.get("scaling"))
+    n_columns = len(columns(report)) - (len(SCALING_COLUMNS) if scaling else 0)
     for r in report["systems"]:
         extra: tuple[str, ...] = ()
         if scaling:
             eff = r.get("scaling_efficiency")
             extra = (str(r.get("devices", 1)), _fmt(r.get("tokens_per_s_per_device"), ",.0f"), _fmt(eff, ".1%"))
         if r["status"] != "ok":
-            out.append((r["system"], *extra, r["status"], *(["–"] * (len(COLUMNS) - 3)), r.get("error", "")[:80]))
+            out.append((r["system"], *extra, r["status"], *(["–"] * (n_columns - 3)), r.get("error", "")[:80]))
             continue
         peak = r.get("peak_memory_bytes")
         peak_s = _fmt(peak / GIB if peak else None, ".1f") + (
@@ -56,6 +64,11 @@ def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
                 *extra,
                 "ok",
                 _fmt(r["tokens_per_s"], ",.0f"),
+                *(
+                    (_fmt(r.get("target_tokens_per_s"), ",.0f"), _fmt(r.get("padding_fraction"), ".0%"))
+                    if _real_length(report)
+                    else ()
+                ),
                 _fmt(r["steps_per_s"], ".3f"),
                 _fmt(r.get("ratio_to_hf_reference"), ".2f"),
                 _fmt(r.get("ratio_to_hf_compile"), ".2f"),
@@ -85,6 +98,7 @@ def _title(report: dict[str, Any]) -> str:
         f"accumulation {s['accumulation_steps']}, r {s['lora_r']}, dropout {s['lora_dropout']} "
         f"({s.get('dropout_masks', 'framework')} masks), gradient checkpointing {s.get('gradient_checkpointing', 'off')}, "
         f"{s['steps']} timed steps after {s['warmup_steps']} warm-up"
+        + (f"; real lengths {s['lengths']} (backends packed, hf padded per micro-batch)" if s.get("lengths") else "")
     )
 
 
@@ -141,7 +155,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(ok) + 2), 4.2))
     bars = ax.bar(
         [r["system"] + (f" x{r['devices']}" if report.get("scaling") else "") for r in ok],
-        [r["tokens_per_s"] for r in ok],
+        [r["target_tokens_per_s"] if _real_length(report) else r["tokens_per_s"] for r in ok],
         color=["#888888" if r["system"].startswith("hf-") else "#3b6fb6" for r in ok],
     )
     for bar, r in zip(bars, ok):
@@ -149,7 +163,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
         if r.get("ratio_to_hf_reference") is not None:
             label += f"\n{r['ratio_to_hf_reference']:.2f}× hf-ref"
         ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("tokens / s")
+    ax.set_ylabel("real target tokens / s" if _real_length(report) else "tokens / s")
     ax.set_title(_title(report), fontsize=8, wrap=True)
     ax.margins(y=0.25)
     fig.tight_layout()

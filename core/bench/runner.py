@@ -139,11 +139,11 @@ def derive(results: list[dict[str, Any]], settings: BenchSettings) -> None:
         r["mfu"] = r["tokens_per_s"] * fpt / settings.peak_flops if on_gpu else None
         r["loss_finite"] = math.isfinite(r["loss"])
         same_as_peer = peer is not None and _same_job(r, peer)
-        r["ratio_to_hf_compile"] = r["tokens_per_s"] / peer["tokens_per_s"] if peer and same_as_peer else None
+        r["ratio_to_hf_compile"] = _speed(r, settings) / _speed(peer, settings) if peer and same_as_peer else None
         if ref is None or not _same_job(r, ref):
             r["ratio_to_hf_reference"] = r["loss_rel_diff_to_hf_reference"] = r["loss_matches_hf_reference"] = None
             continue
-        r["ratio_to_hf_reference"] = r["tokens_per_s"] / ref["tokens_per_s"]
+        r["ratio_to_hf_reference"] = _speed(r, settings) / _speed(ref, settings)
         if r["loss_finite"] and math.isfinite(ref["loss"]):
             rel = abs(r["loss"] - ref["loss"]) / max(abs(ref["loss"]), 1e-12)
             r["loss_rel_diff_to_hf_reference"] = rel
@@ -151,6 +151,14 @@ def derive(results: list[dict[str, Any]], settings: BenchSettings) -> None:
         else:
             r["loss_rel_diff_to_hf_reference"] = None
             r["loss_matches_hf_reference"] = None
+
+
+def _speed(r: dict[str, Any], settings: BenchSettings) -> float:
+    """What ratios compare: tokens/s, or in real-length mode real target tokens/s (systems lay
+    the same examples out with different amounts of padding, which must not count as work)."""
+    if settings.lengths is not None:
+        return float(r["target_tokens_per_s"])
+    return float(r["tokens_per_s"])
 
 
 def _same_job(r: dict[str, Any], ref: dict[str, Any]) -> bool:

@@ -21,41 +21,53 @@ from typing import Any
 import numpy as np
 
 from loraswitch.core.bench.protocol import HF_SYSTEMS, BenchSettings, synthetic_tokens
+from loraswitch.core.data.batching import padding_fraction
 
 RESULT_MARKER = "LORASWITCH_BENCH_RESULT "
 
 
 class BackendSystem:
     """Drives a registered backend through the Backend protocol, exactly as the engine would:
-    MicroStep objects with weight = 1 / targets in the window, the update at the window's end."""
+    MicroStep objects with weight = 1 / targets in the window, the update at the window's end.
+    ``windows`` holds each step's micro-batches (windows_of: full synthetic rows, or the packed
+    rows of real-length mode)."""
 
     def __init__(
-        self, name: str, settings: BenchSettings, source: Any, tokens: np.ndarray, mesh: dict[str, int] | None = None
+        self,
+        name: str,
+        settings: BenchSettings,
+        source: Any,
+        windows: list[list[Any]],
+        mesh: dict[str, int] | None = None,
     ):
-        from loraswitch.core.types import Batch, MicroStep
+        from loraswitch.core.types import MicroStep
 
         self.name, self.settings, self.source, self.mesh = name, settings, source, mesh
-        accum = settings.accumulation_steps
-        weight = 1.0 / settings.targets_per_window
-        ones = np.ones(tokens.shape[1:], np.int32)
-        self.micros = [
-            MicroStep(
-                batch=Batch(input_ids=t, attention_mask=ones, labels=t),
-                weight=weight,
-                apply_update=(i % accum == accum - 1),
-                lr=settings.learning_rate,
-                step=i // accum,
-                micro=i % accum,
-                window_size=accum,
+        self.batches = windows
+        self.micros = []
+        for step, batches in enumerate(windows):
+            weight = 1.0 / max(1, sum(b.n_targets for b in batches))
+            self.micros.append(
+                [
+                    MicroStep(
+                        batch=b,
+                        weight=weight,
+                        apply_update=j == len(batches) - 1,
+                        lr=settings.learning_rate,
+                        step=step,
+                        micro=j,
+                        window_size=len(batches),
+                    )
+                    for j, b in enumerate(batches)
+                ]
             )
-            for i, t in enumerate(tokens)
-        ]
 
     def load(self) -> None:
         from loraswitch.core.config import validate
         from loraswitch.core.plugins import create_backend
 
         s = self.settings
+        packing = s.lengths is not None  # real-length mode: the backends train on packed rows
         config = validate(
             {
                 "backend": self.name,
@@ -72,6 +84,7 @@ class BackendSystem:
                 "batch_size": s.batch_size,
                 "accumulation_steps": s.accumulation_steps,
                 "max_seq_len": s.seq_len,
+                "packing": packing,
                 "mesh": self.mesh,
                 "gradient_checkpointing": s.gradient_checkpointing,
             },
@@ -81,8 +94,7 @@ class BackendSystem:
         self.backend.load(self.source, config, train=True)
 
     def window(self, step: int) -> list[Any]:
-        accum = self.settings.accumulation_steps
-        return [self.backend.micro_step(m) for m in self.micros[step * accum : (step + 1) * accum]]
+        return [self.backend.micro_step(m) for m in self.micros[step]]
 
     @staticmethod
     def window_loss(values: list[Any]) -> float:
@@ -173,7 +185,9 @@ def measure(system: Any, settings: BenchSettings, *, warmup_only: bool = False) 
     timed_s = time.perf_counter() - t
 
     losses = [system.window_loss(v) for v in values]
-    tokens = settings.steps * settings.accumulation_steps * settings.tokens_per_micro_batch
+    timed = [b for w in system.batches[first : first + settings.steps] for b in w]
+    tokens = sum(b.input_ids.size for b in timed)  # every slot a system computes, pad included
+    targets = sum(b.n_targets for b in timed)  # real target tokens: the same for every system
     return {
         "status": "ok",
         "load_s": load_s,
@@ -181,6 +195,9 @@ def measure(system: Any, settings: BenchSettings, *, warmup_only: bool = False) 
         "timed_s": timed_s,
         "tokens": tokens,
         "tokens_per_s": tokens / timed_s,
+        "target_tokens": targets,
+        "target_tokens_per_s": targets / timed_s,
+        "padding_fraction": padding_fraction(timed),
         "steps_per_s": settings.steps / timed_s,
         "peak_memory_bytes": memory.peak(),
         "peak_memory_includes_warmup": memory.includes_warmup,
@@ -196,12 +213,31 @@ def build_system(name: str, settings: BenchSettings, mesh: dict[str, int] | None
     from loraswitch.core.models.sources import resolve_model
 
     source = resolve_model(settings.model)
-    tokens = synthetic_tokens(settings, model_config_of(settings.shape)["vocab_size"])
+    windows = windows_of(settings, model_config_of(settings.shape)["vocab_size"], padded=name in HF_SYSTEMS)
     if name in HF_SYSTEMS:
         from loraswitch.backends.torch_peft.hf_reference import HFReference
 
-        return HFReference(settings, source, tokens, name)
-    return BackendSystem(name, settings, source, tokens, mesh)
+        return HFReference(settings, source, windows, name)
+    return BackendSystem(name, settings, source, windows, mesh)
+
+
+def windows_of(settings: BenchSettings, vocab_size: int, *, padded: bool) -> list[list[Any]]:
+    """Each step's micro-batches (core Batch objects). Synthetic mode: A full [B, seq_len] rows
+    of random tokens, every position a target, for every system. Real-length mode (``lengths``):
+    the same examples for every system, padded per micro-batch for hf systems (``padded``),
+    packed for the backends (core/bench/lengths.py)."""
+    from loraswitch.core.types import Batch
+
+    if settings.lengths is not None:
+        from loraswitch.core.bench import lengths
+
+        data = lengths.examples(settings, vocab_size)
+        return lengths.padded_windows(settings, data) if padded else lengths.packed_windows(settings, data)
+    tokens = synthetic_tokens(settings, vocab_size)
+    ones = np.ones(tokens.shape[1:], np.int32)
+    batches = [Batch(input_ids=t, attention_mask=ones, labels=t) for t in tokens]
+    accum = settings.accumulation_steps
+    return [batches[i : i + accum] for i in range(0, len(batches), accum)]
 
 
 def main(argv: list[str] | None = None) -> int:

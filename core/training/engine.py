@@ -25,8 +25,9 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraswitch.core.config import Config, validate
 from loraswitch.core.errors import UserError
@@ -36,12 +37,15 @@ from loraswitch.core.plugins import call_hook, check_trackers, create_backend
 from loraswitch.core.rundir import checkpoints, layout, names
 from loraswitch.core.rundir.adapter_settings import write_adapter_settings
 from loraswitch.core.training import kill_points, parallel
-from loraswitch.core.training.evaluation import PAD_TO_MULTIPLE, eval_loss
+from loraswitch.core.training.evaluation import eval_loss
 from loraswitch.core.training.interrupt import StopRequest
 from loraswitch.core.training.schedule import lr_at, plan_epoch, total_steps
 from loraswitch.core.training.state import TrainerState, check_checkpoint_matches
 from loraswitch.core.training.stopping import StopReason, limit_reached
 from loraswitch.core.types import Batch, MicroStep, RunContext
+
+if TYPE_CHECKING:
+    from loraswitch.core.data.batching import Row
 
 
 def train(
@@ -157,7 +161,7 @@ class Recipe:
         }
         # Packing happens once, before shuffling: the rows are then fixed, so the epoch plan (and a
         # resumed run's position in it) does not depend on the order.
-        self.rows = pack(self.data.train, config.max_seq_len) if config.packing else self.data.train
+        self.rows: Sequence[Row] = pack(self.data.train, config.max_seq_len) if config.packing else self.data.train
         self.windows = plan_epoch(len(self.rows), config.batch_size, config.accumulation_steps)  # every epoch
         self.windows_per_epoch = len(self.windows)
         if self.saved is not None:
@@ -247,15 +251,20 @@ class Recipe:
 
     def window_batches(self) -> list[Batch]:
         """The micro-batches of the next window, in this epoch's order."""
-        from loraswitch.core.data.batching import collate, epoch_order
+        from loraswitch.core.data.batching import collate, epoch_order, grouped_order
 
         config, state = self.config, self.state
         if self._order[0] != state.epoch:
-            self._order = (state.epoch, epoch_order(len(self.rows), config.seed, state.epoch))
+            if config.group_by_length:
+                lengths = [len(row.input_ids) for row in self.rows]
+                order = grouped_order(lengths, config.batch_size, config.seed, state.epoch)
+            else:
+                order = epoch_order(len(self.rows), config.seed, state.epoch)
+            self._order = (state.epoch, order)
         order = self._order[1]
-        pad_id = self.tokenizer.pad_id
+        pad_id, multiple = self.tokenizer.pad_id, config.pad_to_multiple_of
         return [
-            collate([self.rows[order[i]] for i in r], config.batch_size, pad_id, PAD_TO_MULTIPLE, config.max_seq_len)
+            collate([self.rows[order[i]] for i in r], config.batch_size, pad_id, multiple, config.max_seq_len)
             for r in self.windows[state.window]
         ]
 
@@ -341,6 +350,7 @@ class Recipe:
             max_len=self.config.max_seq_len,
             max_batches=self.config.eval_batches,
             should_stop=should_stop,
+            pad_to_multiple=self.config.pad_to_multiple_of,
         )
         if result is None:
             return False

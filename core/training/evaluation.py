@@ -30,6 +30,7 @@ def eval_loss(
     max_len: int | None,
     max_batches: int | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    pad_to_multiple: int = PAD_TO_MULTIPLE,
 ) -> tuple[float, int] | None:
     """(token-mean loss, target tokens) over ``examples`` in their stored order, at most
     ``max_batches`` micro-batches; None if ``should_stop()`` turned true part way."""
@@ -40,7 +41,7 @@ def eval_loss(
     for r in ranges:
         if should_stop():
             return None
-        batch = collate([examples[i] for i in r], batch_size, pad_id, PAD_TO_MULTIPLE, max_len)
+        batch = collate([examples[i] for i in r], batch_size, pad_id, pad_to_multiple, max_len)
         loss_sum, n = backend.eval_loss(batch)
         total += float(loss_sum)
         n_targets += int(n)

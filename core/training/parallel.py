@@ -138,5 +138,10 @@ def shard_rows(batch: Batch, rank: int, world: int) -> Batch:
         return batch
     rows = row_block(batch.input_ids.shape[0], rank, world)
     return replace(
-        batch, input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows], labels=batch.labels[rows]
+        batch,
+        input_ids=batch.input_ids[rows],
+        attention_mask=batch.attention_mask[rows],
+        labels=batch.labels[rows],
+        segment_ids=None if batch.segment_ids is None else batch.segment_ids[rows],
+        position_ids=None if batch.position_ids is None else batch.position_ids[rows],
     )

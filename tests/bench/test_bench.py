@@ -267,3 +267,57 @@ def test_scaling_keeps_the_per_device_batch_and_plain_peers_on_one_device():
     assert results[1]["scaling_efficiency"] == pytest.approx(0.95) and results[1]["tokens_per_s_per_device"] == 95.0
     assert results[1]["ratio_to_hf_reference"] is None  # 2 devices are not compared with 1
     assert results[0]["ratio_to_hf_reference"] == 2.0
+
+
+# ---------------------------------------------------------------- real-length mode
+
+
+def test_real_length_examples_are_shared_padded_for_hf_and_packed_for_backends():
+    """One set of examples, laid out two ways: per micro-batch padding (transformers' collator)
+    and packed rows; the same target tokens per step either way, pad excluded."""
+    from loraswitch.core.bench import lengths
+    from loraswitch.core.bench.worker import windows_of
+
+    s = BenchSettings(shape="tiny", lengths="lognormal:400:0.9:32:2048", seq_len=2048, steps=6, warmup_steps=2)
+    n = lengths.example_lengths(s)
+    assert len(n) == 8 * 4 * 4 and n.min() >= 32 and n.max() <= 2048
+    assert 300 < np.median(n) < 500  # the drawn median is near the asked one
+    padded, packed = windows_of(s, 512, padded=True), windows_of(s, 512, padded=False)
+    assert len(padded) == len(packed) == 8
+    for hf_window, packed_window in zip(padded, packed):
+        assert len(hf_window) == 4 and not any(b.packed for b in hf_window)
+        assert all(b.input_ids.shape[1] == max(b.attention_mask.sum(axis=1)) for b in hf_window)  # own longest
+        assert all(b.packed and b.input_ids.shape[1] == 2048 for b in packed_window)
+        assert sum(b.n_targets for b in hf_window) == sum(b.n_targets for b in packed_window)
+    from loraswitch.core.data.batching import padding_fraction
+
+    flat_hf, flat_packed = [b for w in padded for b in w], [b for w in packed for b in w]
+    assert padding_fraction(flat_hf) > 0.3 and padding_fraction(flat_packed) < 0.15
+    with pytest.raises(UserError, match="--lengths"):
+        make_settings({"shape": "tiny", "lengths": "normal:1:2"})
+
+
+def test_bench_real_length_mode_on_cpu(tmp_path, capsys):
+    """--lengths on CPU: every system trains on the same examples and reports real target
+    tokens/s; the packed backends agree with each other step by step, and with hf-reference's
+    padded loss per real token at the first step, before any update (random:tiny weights are
+    shared; only the LoRA init differs, and B = 0 makes it irrelevant)."""
+    out = tmp_path / "bench"
+    wanted = [HF_REFERENCE, "torch", "jax"]
+    argv = ["--shape", "tiny", "--systems", ",".join(wanted), "--batch_size", "2", "--seq_len", "64",
+            "--accumulation_steps", "2", "--steps", "2", "--warmup_steps", "1", "--precision", "fp32",
+            "--lora_dropout", "0", "--lengths", "lognormal:12:0.8:2:48", "--out", str(out)]  # fmt: skip
+    assert cli.main(["bench", *argv]) == 0, capsys.readouterr()
+    data = json.loads((out / "results.json").read_text())
+    by = {r["system"]: r for r in data["systems"]}
+    assert all(r["status"] == "ok" for r in by.values()), data["systems"]
+    targets = {r["target_tokens"] for r in by.values()}
+    assert len(targets) == 1 and targets.pop() > 0
+    for r in by.values():
+        assert r["target_tokens_per_s"] > 0 and r["tokens"] >= r["target_tokens"]
+        assert r["ratio_to_hf_reference"] > 0
+    assert by["torch"]["info"]["attention_packed"] and by["jax"]["info"]["attention_packed"]
+    assert by["torch"]["losses"] == pytest.approx(by["jax"]["losses"], rel=1e-5)
+    assert by["torch"]["losses"][0] == pytest.approx(by[HF_REFERENCE]["losses"][0], rel=1e-5)
+    md = (out / "results.md").read_text()
+    assert "real tokens/s" in md and "pad %" in md

@@ -6,6 +6,8 @@
 #   bash core/bench/scripts/h200.sh full  OUT_DIR   # llama-1b and llama-3b, hf-reference + torch + jax
 #   bash core/bench/scripts/h200.sh dropout OUT_DIR # llama-1b, torch + jax, portable then framework dropout masks
 #   bash core/bench/scripts/h200.sh dropout-portable OUT_DIR   # ... one of the two (one device call each)
+#   bash core/bench/scripts/h200.sh packing-check OUT_DIR      # packed vs unpacked loss on the GPU kernels, bf16 + fp32
+#   bash core/bench/scripts/h200.sh real-length OUT_DIR        # llama-1b on real-length examples: hf pads, backends pack
 #
 # `import loraswitch.core` works through the shim that _env.sh sets up.
 set -uo pipefail
@@ -45,5 +47,17 @@ case $mode in
                 --dropout_masks $masks --timeout_s 240
         done
         ;;
-    *) echo "usage: $0 smoke|full|dropout|dropout-portable|dropout-framework OUT_DIR" >&2; exit 2 ;;
+    packing-check)
+        # docs/packing.md, "Checked on the GPU": one step packed and unpacked from the same adapter, per backend
+        echo "=== packing check (tiny, then llama-1b)"
+        $py -m loraswitch.core.bench.packing_check --shape tiny --seq_len 512 --lengths lognormal:100:0.9:16:512 --json \
+            2>&1 | tee "$out/packing-check-tiny.log"
+        $py -m loraswitch.core.bench.packing_check --shape llama-1b --json 2>&1 | tee "$out/packing-check-1b.log"
+        ;;
+    real-length)
+        # docs/benchmarks.md, "Real-length mode": the issue-15 anchor job (median 400, sigma 0.9, [32, 2048])
+        bench real-length-1b --shape llama-1b --systems $systems --lengths lognormal:400:0.9:32:2048 \
+            --steps 5 --warmup_steps 3 --timeout_s 300
+        ;;
+    *) echo "usage: $0 smoke|full|dropout|dropout-portable|dropout-framework|packing-check|real-length OUT_DIR" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@ MFU and the loss each reached (table, results.json, results.md, chart.png).
 
     loraswitch bench --shape tiny
     loraswitch bench --shape llama-1b --systems torch,jax,hf-reference --out bench-results/1b
+    loraswitch bench --shape llama-1b --lengths lognormal:400:0.9:32:2048   # real-length examples
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ SETTING_OPTIONS = (
     "weight_decay",
     "precision",
     "seed",
+    "lengths",
 )
 
 
