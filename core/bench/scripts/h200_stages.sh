@@ -12,8 +12,10 @@
 #   qwen-1b       qwen3-1.7b: hf-reference, torch, jax
 #   packing       llama-1b on real-length rows (lognormal median 400): hf-reference pads each
 #                 micro-batch, torch and jax pack
-#   packing-exact packed vs unpacked loss on the GPU attention paths (core/bench/packing_check.py)
+#   packing-exact packed vs unpacked loss on the GPU attention paths (core/bench/packing_check.py),
+#                 tiny shape (head dim 16: cuDNN's path in bf16), real-length rows up to 512
 #   scaling       (2 GPUs) llama-1b, torch and jax on 1 and 2 devices, data parallel, then fsdp
+#   scaling-jax   (2 GPUs) the same, jax only (its compile takes seconds, torch's minutes)
 #
 # A dry run on a CPU: S1=tiny S8=tiny SG=tiny EXTRA="--batch_size 2 --seq_len 64" bash ... /tmp/x 600 speed-1b
 set -uo pipefail
@@ -58,8 +60,12 @@ for stage in "$@"; do
         packing) bench packing --shape $s1 --systems hf-reference,torch,jax --lengths lognormal:400:0.9:32:2048 --steps 3 --warmup_steps 2 --timeout_s 300 ;;
         packing-exact)
             echo "=== [$((SECONDS - start)) s] packing-exact"
-            timeout "$(hard_left)" $py -m loraswitch.core.bench.packing_check > "$work/packing-exact.log" 2>&1
+            timeout "$(hard_left)" $py -m loraswitch.core.bench.packing_check --shape tiny --seq_len 512 \
+                --lengths lognormal:100:0.9:8:512 --json > "$work/packing-exact.log" 2>&1
             tail -20 "$work/packing-exact.log"; pack ;;
+        scaling-jax)
+            bench scaling-jax-data --shape $s1 --systems jax --devices 1,2 --mesh data --steps 3 --warmup_steps 2 --timeout_s 200
+            bench scaling-jax-fsdp --shape $s1 --systems jax --devices 1,2 --mesh fsdp --steps 3 --warmup_steps 2 --timeout_s 200 ;;
         scaling)
             bench scaling-data --shape $s1 --systems torch,jax --devices 1,2 --mesh data --steps 3 --warmup_steps 2 --timeout_s 240
             bench scaling-fsdp --shape $s1 --systems torch,jax --devices 1,2 --mesh fsdp --steps 3 --warmup_steps 2 --timeout_s 240 ;;
