@@ -103,7 +103,7 @@ def load_weights(path: Path, spec: ModelSpec, dtype, layout: Layout) -> dict[str
 
 
 def random_weights(spec: ModelSpec, dtype, seed: int, layout: Layout) -> dict[str, jax.Array]:
-    """N(0, 0.02) matrices and biases and unit norms drawn directly on the devices in the
+    """N(0, 0.02) matrices and biases and unit norm scales (Gemma's stored weight 0) drawn directly on the devices in the
     compute dtype, each device drawing only its shards, for shapes too large to be worth
     writing to disk (``ModelSource.random_init``)."""
     L = spec.num_layers
@@ -115,15 +115,15 @@ def random_weights(spec: ModelSpec, dtype, seed: int, layout: Layout) -> dict[st
     out = {}
     for i, (name, shape) in enumerate(shapes.items()):
         if name.endswith("norm.weight"):
-            out[name] = _ones(shape, dtype, layout.replicated)
+            out[name] = _full(shape, spec.norm_init, dtype, layout.replicated)
         else:
             sharding = layout.weight(shape, stacked=name in spec.layer_tensors())
             out[name] = _normal(jax.random.fold_in(root, i), shape, dtype, sharding)
     return out
 
 
-def _ones(shape, dtype, sharding):
-    return jax.jit(lambda: jnp.ones(shape, dtype), out_shardings=sharding)()
+def _full(shape, value, dtype, sharding):
+    return jax.jit(lambda: jnp.full(shape, value, dtype), out_shardings=sharding)()
 
 
 def _normal(key, shape, dtype, sharding):

@@ -14,7 +14,7 @@ import numpy as np
 
 from loraswitch.core.models import families
 from loraswitch.core.models.byte_tokenizer import CHATML_TEMPLATE, write_byte_tokenizer
-from loraswitch.core.models.shapes import shape_config, tensor_shapes
+from loraswitch.core.models.shapes import shape_config
 
 INIT_STD = 0.02  # the usual Llama initializer_range
 
@@ -23,9 +23,10 @@ def random_weights(config: dict[str, Any], seed: int = 0) -> dict[str, np.ndarra
     """fp32 weights under HF names: N(0, 0.02) matrices and biases, RMSNorm scales of one.
     Each tensor draws from its own stream (seed, index) so adding a tensor never shifts the others."""
     out = {}
-    for i, (name, shape) in enumerate(tensor_shapes(config).items()):
-        if name.endswith("norm.weight"):
-            out[name] = np.ones(shape, np.float32)
+    spec = families.spec_from_config(config, Path("config.json"))
+    for i, (name, shape) in enumerate(spec.tensor_shapes().items()):
+        if name.endswith("norm.weight"):  # a scale of one (Gemma stores it as 0: it scales by 1 + weight)
+            out[name] = np.full(shape, spec.norm_init, np.float32)
         else:
             rng = np.random.default_rng([seed, i])
             out[name] = (rng.standard_normal(shape, dtype=np.float32) * INIT_STD).astype(np.float32)
@@ -57,7 +58,7 @@ def write_random_model(
     )
     family = families.family_of(config, directory / "config.json")
     template = families.chat_template(family.chat_template) if family.chat_template else CHATML_TEMPLATE
-    write_byte_tokenizer(directory, template)
+    write_byte_tokenizer(directory, template, family.special_tokens)
     if with_weights:
         save_file(random_weights(config, seed), str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory
