@@ -31,7 +31,11 @@ FAMILIES = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "qwen2", {}),
     # transformers reads a qwen3 GGUF's head size from its default (128), not from the file
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", "qwen2", {"head_dim": 128}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", "gpt2", {"head_dim": 16, "sliding_window": 8}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", "gpt2", {"head_dim": 16, "sliding_window": 8}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", "gpt2", {}),
 }
+PHI3_LINEAR = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # Phi-3's fused block
 
 
 def write_bpe_tokenizer(directory: Path, pre: str = "smollm") -> None:
