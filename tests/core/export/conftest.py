@@ -63,7 +63,7 @@ def adapters(tmp_path_factory, models):
     root = tmp_path_factory.mktemp("adapters")
     made = {}
     variants = {
-        "all": dict(),
+        "all": dict(),  # every linear of the block (Phi-3: its four fused ones)
         "rslora": dict(rslora=True, r=8, alpha=4, targets=["q_proj", "k_proj", "down_proj"]),
         "lm_head": dict(targets=["q_proj", "v_proj", "lm_head"]),
         "fused": dict(targets=PHI3_LINEAR),  # Phi-3: LoRA on the fused qkv_proj and gate_up_proj
