@@ -11,6 +11,7 @@ q/k norms, a tied head) is the family's ModelSpec's ``tensor_shapes``/``layer_te
 
 from __future__ import annotations
 
+import functools
 import struct
 from pathlib import Path
 
@@ -22,12 +23,12 @@ import numpy as np
 from loraswitch.backends.jax_flax.sharding import Layout, put_from
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.safetensors_file import read_header
+from loraswitch.core.models import random_values
 from loraswitch.core.models.families import ModelSpec
 from loraswitch.core.models.model_dir import weight_files
 
 # The float dtypes core/models/model_dir.py accepts for base weights (it refuses the others).
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
-INIT_STD = 0.02  # as core.random_model and HF's initializer_range
 
 
 class SafetensorsFiles:
@@ -103,32 +104,48 @@ def load_weights(path: Path, spec: ModelSpec, dtype, layout: Layout) -> dict[str
 
 
 def random_weights(spec: ModelSpec, dtype, seed: int, layout: Layout) -> dict[str, jax.Array]:
-    """N(0, 0.02) matrices and biases and unit norm scales (Gemma's stored weight 0) drawn directly on the devices in the
-    compute dtype, each device drawing only its shards, for shapes too large to be worth
-    writing to disk (``ModelSource.random_init``)."""
+    """The core's random values (core/models/random_values.py) drawn directly on the devices in
+    the compute dtype, each device computing only its shards: for shapes too large to be worth
+    writing to disk (``ModelSource.random_init``). The same model as every other backend's."""
     L = spec.num_layers
-    shapes = {name: shape for name, shape in spec.tensor_shapes().items() if not name.startswith("model.layers.")}
-    for name, hf_shape in spec.layer_tensors().items():
-        shapes[name] = (L, *(hf_shape[::-1] if len(hf_shape) == 2 else hf_shape))
-    root = jax.random.PRNGKey(seed)
-    dtype = jnp.dtype(dtype)
+    shapes = spec.tensor_shapes()
     out = {}
-    for i, (name, shape) in enumerate(shapes.items()):
-        if name.endswith("norm.weight"):
-            out[name] = _full(shape, spec.norm_init, dtype, layout.replicated)
-        else:
-            sharding = layout.weight(shape, stacked=name in spec.layer_tensors())
-            out[name] = _normal(jax.random.fold_in(root, i), shape, dtype, sharding)
+    for name in ["model.embed_tokens.weight", "model.norm.weight"] + (
+        [] if spec.tie_word_embeddings else ["lm_head.weight"]
+    ):
+        keys = np.array([random_values.tensor_keys(seed, name)], np.uint32)  # [1, 2]
+        out[name] = _draw(name, shapes[name], dtype, keys, layout.weight(shapes[name], stacked=False), stacked=False)
+    for name, hf_shape in spec.layer_tensors().items():
+        kernel = len(hf_shape) == 2  # stored [L, in, out]: element (l, j, i) is HF's [i, j] of layer l
+        shape = (L, *(hf_shape[::-1] if kernel else hf_shape))
+        keys = np.array([random_values.tensor_keys(seed, f"model.layers.{i}.{name}") for i in range(L)], np.uint32)
+        out[name] = _draw(name, shape, dtype, keys, layout.weight(shape, stacked=True), stacked=True)
     return out
 
 
-def _full(shape, value, dtype, sharding):
-    return jax.jit(lambda: jnp.full(shape, value, dtype), out_shardings=sharding)()
+def _draw(name: str, shape: tuple[int, ...], dtype, keys: np.ndarray, sharding, stacked: bool) -> jax.Array:
+    """Hash every element's HF index on the devices (jit with the target sharding: each device
+    computes its own shards only). ``keys`` is uint32 [layers, 2] (one row when not stacked)."""
+    dtype = jnp.dtype(dtype)
+    if random_values.is_norm(name):
+        return jax.jit(lambda: jnp.ones(shape, dtype), out_shardings=sharding)()
+    hf_shape = (shape[2], shape[1]) if stacked and len(shape) == 3 else (shape[1:] if stacked else shape)
+    random_values.check_size(name, hf_shape)
 
+    def compute(keys):
+        iota = functools.partial(jax.lax.broadcasted_iota, jnp.uint32, shape)
+        if stacked and len(shape) == 3:  # [L, in, out]: HF index out * in_features + in
+            index = iota(2) * jnp.uint32(shape[1]) + iota(1)
+        elif stacked:  # [L, n]
+            index = iota(1)
+        elif len(shape) == 2:
+            index = iota(0) * jnp.uint32(shape[1]) + iota(1)
+        else:
+            index = iota(0)
+        per_layer = (-1,) + (1,) * (len(shape) - 1)
+        k0, k1 = (keys[:, i].reshape(per_layer) if stacked else keys[0, i] for i in (0, 1))
+        b = random_values.bits(index, k0, k1, wide=False)
+        values = (b.astype(jnp.int32) - random_values.HALF).astype(jnp.float32) * jnp.float32(random_values.STEP)
+        return values.astype(dtype)
 
-def _normal(key, shape, dtype, sharding):
-    # jit so the fp32 draw is fused into the cast: only the compute-dtype array is materialised,
-    # and only the shards of each device.
-    return jax.jit(
-        lambda k: (jax.random.normal(k, shape, jnp.float32) * INIT_STD).astype(dtype), out_shardings=sharding
-    )(key)
+    return jax.jit(compute, out_shardings=sharding)(jnp.asarray(keys))

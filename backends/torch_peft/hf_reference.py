@@ -48,11 +48,15 @@ class HFReference:
         dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
         attention = attention_implementation(self.source)  # eager for Gemma 2's soft-capped attention
         if self.source.random_init:
-            # The anchor's way: a model from its config, initialised by transformers on the device.
-            torch.manual_seed(self.source.init_seed)
+            # A model from its config, built on the device, holding the core's random values: the
+            # very model the loraswitch systems train (core/models/random_values.py).
+            from loraswitch.backends.torch_peft.random_init import fill_model
+
             cfg = AutoConfig.from_pretrained(self.source.path)
             with torch.device(self.device):
-                model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attention).to(dtype)
+                model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attention)
+            fill_model(model, self.source.init_seed)
+            model = model.to(dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 self.source.path, dtype=dtype, attn_implementation=attention, use_safetensors=True

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from loraswitch.backends.torch_peft import random_init
 from loraswitch.core.errors import UserError
 from loraswitch.core.models import families, model_dir
 from loraswitch.core.types import ModelSource
@@ -113,10 +114,11 @@ def load_base_model(model: ModelSource, placement: Placement) -> torch.nn.Module
     cls = _model_class(architecture)
     with _quiet_transformers():
         if model.random_init:
-            # Built directly on the device: a llama-8b never exists on the host.
-            torch.manual_seed(model.init_seed)
+            # Built directly on the device (a llama-8b never exists on the host), then filled
+            # with the core's random values: the same model on every backend and sharding.
             with torch.device(placement.device):
                 base = cls._from_config(hf_config, dtype=placement.dtype, attn_implementation=attention)
+            random_init.fill_model(base, model.init_seed)
         else:
             base = cls.from_pretrained(
                 str(model.path),

@@ -14,11 +14,10 @@ chunked loss reads lm_head's weight directly.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from safetensors import safe_open
 
-from loraswitch.backends.torch_peft import adapter
+from loraswitch.backends.torch_peft import adapter, random_init
 from loraswitch.backends.torch_peft.model import (
     Placement,
     _hf_config,
@@ -70,7 +69,7 @@ def load_sharded_peft_model(
     _rebuild_buffers(causal_lm, placement.device)
     with torch.no_grad():
         if model.random_init:
-            _fill_random(causal_lm, model.init_seed, getattr(hf_config, "initializer_range", 0.02), placement.device)
+            _fill_random(causal_lm, model.init_seed)
         else:
             _load_shards(causal_lm, model)
     return peft_model
@@ -141,18 +140,11 @@ def _load_shards(causal_lm: torch.nn.Module, model: ModelSource) -> None:
         handles.clear()
 
 
-def _fill_random(causal_lm: torch.nn.Module, init_seed: int, std: float, device: torch.device) -> None:
-    """random: models: norms 1, everything else N(0, std), each tensor from a seed derived from
-    (init_seed, its name), drawn whole on the device and cut to this process's rows, so the
-    model is the same whatever the number of shards (not the one a single process draws)."""
+def _fill_random(causal_lm: torch.nn.Module, init_seed: int) -> None:
+    """random: models: each process draws only its own rows of the core's random values, so the
+    model is the one every other backend and device count draws (random_values)."""
     for name, param in causal_lm.named_parameters():
         if ".lora_A." in name or ".lora_B." in name:
             continue
         local, start, rows = _local_rows(param)
-        if name.endswith("norm.weight"):
-            local.fill_(1.0)
-            continue
-        words = np.random.SeedSequence([init_seed, *name.encode()]).generate_state(2, dtype=np.uint32)
-        generator = torch.Generator(device=device).manual_seed((int(words[0]) << 31) | (int(words[1]) >> 1))
-        full = torch.randn(param.shape, generator=generator, device=device, dtype=torch.float32) * std
-        local.copy_(full[start : start + rows].to(local.dtype))
+        random_init.fill_rows(local, init_seed, _weight_key(name), tuple(param.shape), start)

@@ -14,23 +14,14 @@ import numpy as np
 
 from loraswitch.core.models import families
 from loraswitch.core.models.byte_tokenizer import CHATML_TEMPLATE, write_byte_tokenizer
-from loraswitch.core.models.shapes import shape_config
-
-INIT_STD = 0.02  # the usual Llama initializer_range
+from loraswitch.core.models.random_values import numpy_values
+from loraswitch.core.models.shapes import shape_config, tensor_shapes
 
 
 def random_weights(config: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
-    """fp32 weights under HF names: N(0, 0.02) matrices and biases, RMSNorm scales of one.
-    Each tensor draws from its own stream (seed, index) so adding a tensor never shifts the others."""
-    out = {}
-    spec = families.spec_from_config(config, Path("config.json"))
-    for i, (name, shape) in enumerate(spec.tensor_shapes().items()):
-        if name.endswith("norm.weight"):  # a scale of one (Gemma stores it as 0: it scales by 1 + weight)
-            out[name] = np.full(shape, spec.norm_init, np.float32)
-        else:
-            rng = np.random.default_rng([seed, i])
-            out[name] = (rng.standard_normal(shape, dtype=np.float32) * INIT_STD).astype(np.float32)
-    return out
+    """fp32 weights under HF names, as ``random_values`` defines them: the very numbers every
+    backend draws on its devices for the same shape and seed (``ModelSource.random_init``)."""
+    return {name: numpy_values(seed, name, shape) for name, shape in tensor_shapes(config).items()}
 
 
 def write_random_model(

@@ -19,7 +19,7 @@ from loraswitch.core.models.shapes import SHAPES, count_params, shape_config
 from loraswitch.core.types import ModelSource
 
 WRITE_WEIGHTS_BELOW = 50_000_000  # larger random shapes are initialised by the backend, not written to disk
-RANDOM_FORMAT = "v1"  # bump when random_model's output changes, so stale caches are rebuilt
+RANDOM_FORMAT = "v2"  # bump when random_model's output changes, so stale caches are rebuilt
 
 
 def random_cache_path(cache_dir: Path, shape: str, seed: int = 0) -> Path:

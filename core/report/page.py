@@ -114,9 +114,13 @@ def sample_rows(run: Run) -> list[dict[str, str]]:
 
 def render(runs: list[Run]) -> str:
     import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
     from markupsafe import Markup
 
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    # Our own template, but sandboxed all the same: one rule for every template we render.
+    env = ImmutableSandboxedEnvironment(
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
     template = env.from_string(resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8"))
     return template.render(
         runs=runs,

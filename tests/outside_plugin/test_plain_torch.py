@@ -137,4 +137,5 @@ def test_trains_through_the_engine(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run" / "adapter").iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
+        "loraswitch.json",
     ]

@@ -77,11 +77,6 @@ class ModelSpec:
         return "qkv_proj" in self.linear_names
 
     @property
-    def norm_init(self) -> float:
-        """The norm weight a freshly initialised model holds (its scale is then 1)."""
-        return 1.0 - self.norm_offset
-
-    @property
     def linear_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.linears)
 

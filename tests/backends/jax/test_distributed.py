@@ -201,7 +201,7 @@ backend.load(resolve_model("random:tiny"), config)
 ids = np.random.default_rng(0).integers(0, 500, (4, 128)).astype(np.int32)
 batch = Batch(input_ids=ids, attention_mask=np.ones_like(ids), labels=ids)
 args = (backend.lora, backend.opt_state, backend.frozen, *put_rows(batch, backend.layout),
-        *(np.float32(1e-3), np.float32(1e-3), np.int32(2), np.int32(0), np.int32(0)))
+        *(np.float32(1e-3), np.float32(1e-3), np.int32(2), np.int32(0), np.int32(0)), backend._no_keys)
 compiled = backend.fn.micro_step.lower(*args).compile()
 cost = compiled.cost_analysis()
 cost = cost[0] if isinstance(cost, list) else cost

@@ -57,8 +57,12 @@ def raw_file(path, header: dict, data: bytes = b""):
             b"\0" * 4,
             "ends at byte 8 but the file holds 4",
         ),
-        ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "should take 12 bytes"),
-        ({"a": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 8, "dtype 'C64', which loraswitch"),
+        (
+            {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}},
+            b"\0" * 8,
+            "has 8 bytes, but F32 \\[3\\] needs 12; the file is damaged",
+        ),
+        ({"a": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 8, "unknown dtype 'C64'"),
         ({"a": {"dtype": "F32", "shape": "x"}}, b"", "entry 'a' has no valid shape/data_offsets"),
     ],
 )
