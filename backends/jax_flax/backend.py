@@ -31,7 +31,7 @@ from flax import nnx
 
 from loraswitch.backends.jax_flax import lora_layout, optimizer, processes
 from loraswitch.backends.jax_flax.lora import lora_scaling
-from loraswitch.backends.jax_flax.model import DecoderLM, empty_cache
+from loraswitch.backends.jax_flax.model import DecoderLM, attention_path, empty_cache
 from loraswitch.backends.jax_flax.options import choose_options
 from loraswitch.backends.jax_flax.sharding import (
     Layout,
@@ -292,14 +292,14 @@ class JaxBackend:
     def save_adapter(self, directory: Path) -> None:
         self._require()
         lora = {name: to_host(v) for name, v in named_leaves(self.lora).items()}
-        config = peft_format.AdapterConfig.of_run(self.config, self.source.name)
+        config = peft_format.AdapterConfig.of_run(self.config, self.source.name, self.targets)
         peft_format.write_adapter(Path(directory), config, lora_layout.to_peft(lora, self.spec, self.targets))
         write_base_fingerprint(Path(directory), self.source.path, self.source.name)  # checked by `loraswitch merge`
 
     def load_adapter(self, directory: Path) -> None:
         self._require()
         directory = Path(directory)
-        peft_format.check_matches_run(peft_format.read_adapter_config(directory), self.config, directory)
+        peft_format.check_matches_run(peft_format.read_adapter_config(directory), self.config, directory, self.targets)
         expected = peft_format.expected_shapes(lora_layout.module_features(self.spec, self.targets), self.rank)
         tensors = peft_format.read_adapter_weights(directory, expected)
         arrays = lora_layout.from_peft(tensors, self.spec, self.targets, self.rank)
@@ -355,7 +355,7 @@ class JaxBackend:
             "precision": "bf16" if self.options.dtype == "bfloat16" else "fp32",
             "architecture": self.spec.architecture,
             # Windows that differ between layers always take XLA's kernel with an explicit mask (model.py).
-            "attention": "xla (per-layer sliding windows)" if self.spec.mixed_windows else self.options.attention,
+            "attention": attention_path(self.spec, self.options),
             "gradient_checkpointing": activation_memory.describe(
                 self.config.gradient_checkpointing, self.checkpointing
             ),

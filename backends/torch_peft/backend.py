@@ -291,6 +291,7 @@ class TorchBackend:
             loss_fn=self._loss_fn,
             loss_and_grad_fn=self._loss_and_grad_fn,
             tokens=tokens,
+            softcap=getattr(self.decoder.config, "final_logit_softcapping", None),
         )
         return loss if scale is None else loss * scale
 
@@ -338,13 +339,13 @@ class TorchBackend:
     # ------------------------------------------------------------------ files
 
     def save_adapter(self, directory: Path) -> None:
-        config = peft_format.AdapterConfig.of_run(self.config, self.source.name)
+        config = peft_format.AdapterConfig.of_run(self.config, self.source.name, self.targets)
         peft_format.write_adapter(Path(directory), config, adapter.to_arrays(self.params))
         write_base_fingerprint(Path(directory), self.source.path, self.source.name)  # checked by `loraswitch merge`
 
     def load_adapter(self, directory: Path) -> None:
         directory = Path(directory)
-        peft_format.check_matches_run(peft_format.read_adapter_config(directory), self.config, directory)
+        peft_format.check_matches_run(peft_format.read_adapter_config(directory), self.config, directory, self.targets)
         adapter.copy_into(self.params, peft_format.read_adapter_weights(directory, adapter.shapes(self.params)))
 
     def save_state(self, directory: Path) -> None:
@@ -407,6 +408,8 @@ class TorchBackend:
 
     def _attention_kernel(self) -> str:
         c = self.model.get_base_model().config
+        if c._attn_implementation == "eager":  # chosen where SDPA cannot express the attention
+            return "eager (exact: attention-logit soft-capping, which SDPA cannot express)"
         heads = c.num_attention_heads
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
         return kernel_used(

@@ -46,12 +46,14 @@ class HFReference:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         from loraswitch.backends.torch_peft import recompute
+        from loraswitch.backends.torch_peft.model import attention_implementation
         from loraswitch.core.models import families
 
         s = self.settings
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if s.precision == "bf16" else torch.float32
+        attention = attention_implementation(self.source)  # eager for Gemma 2's soft-capped attention
         if self.source.random_init:
             # A model from its config, built on the device, holding the core's random values: the
             # very model the loraswitch systems train (core/models/random_values.py).
@@ -59,12 +61,12 @@ class HFReference:
 
             cfg = AutoConfig.from_pretrained(self.source.path)
             with torch.device(self.device):
-                model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa")
+                model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attention)
             fill_model(model, self.source.init_seed)
             model = model.to(dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                self.source.path, dtype=dtype, attn_implementation="sdpa", use_safetensors=True
+                self.source.path, dtype=dtype, attn_implementation=attention, use_safetensors=True
             ).to(self.device)
         if self.variant == "liger":
             from liger_kernel.transformers import _apply_liger_kernel_to_instance

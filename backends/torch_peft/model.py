@@ -94,25 +94,37 @@ def _hf_config(model: ModelSource, architecture: str):
         raise UserError(f"{model.path / 'config.json'}: cannot be read as a {architecture} config: {e}") from None
 
 
+def attention_implementation(model: ModelSource) -> str:
+    """transformers' attention for this model: SDPA, except where SDPA cannot express the
+    attention: Gemma 2's soft-capped scores need transformers' eager path (exact)."""
+    return "eager" if spec_of(model).attn_softcap is not None else "sdpa"
+
+
+def spec_of(model: ModelSource) -> families.ModelSpec:
+    return families.spec_from_config(model_dir.read_config(model.path), model.path / "config.json")
+
+
 def load_base_model(model: ModelSource, placement: Placement) -> torch.nn.Module:
-    """The frozen base model, on ``placement.device`` in ``placement.dtype``, SDPA attention."""
+    """The frozen base model, on ``placement.device`` in ``placement.dtype``, SDPA attention
+    (eager where SDPA cannot express the model's attention: ``attention_implementation``)."""
     model_dir.validate_model_dir(model.path, weights=not model.random_init)
     architecture = architecture_of(model)
     hf_config = _hf_config(model, architecture)
+    attention = attention_implementation(model)
     cls = _model_class(architecture)
     with _quiet_transformers():
         if model.random_init:
             # Built directly on the device (a llama-8b never exists on the host), then filled
             # with the core's random values: the same model on every backend and sharding.
             with torch.device(placement.device):
-                base = cls._from_config(hf_config, dtype=placement.dtype, attn_implementation="sdpa")
+                base = cls._from_config(hf_config, dtype=placement.dtype, attn_implementation=attention)
             random_init.fill_model(base, model.init_seed)
         else:
             base = cls.from_pretrained(
                 str(model.path),
                 config=hf_config,
                 dtype=placement.dtype,
-                attn_implementation="sdpa",
+                attn_implementation=attention,
                 use_safetensors=True,
                 local_files_only=True,
             )

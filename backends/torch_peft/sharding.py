@@ -24,6 +24,7 @@ from loraswitch.backends.torch_peft.model import (
     _model_class,
     _quiet_transformers,
     architecture_of,
+    attention_implementation,
 )
 from loraswitch.backends.torch_peft.processes import ProcessGroup
 from loraswitch.core.files.safetensors_file import read_header
@@ -44,7 +45,9 @@ def load_sharded_peft_model(
     hf_config = _hf_config(model, architecture)
     tied = bool(getattr(hf_config, "tie_word_embeddings", False))
     with _quiet_transformers(), torch.device("meta"):
-        base = _model_class(architecture)._from_config(hf_config, dtype=placement.dtype, attn_implementation="sdpa")
+        base = _model_class(architecture)._from_config(
+            hf_config, dtype=placement.dtype, attn_implementation=attention_implementation(model)
+        )
     base.requires_grad_(False)
     base.config.use_cache = False
 

@@ -22,9 +22,20 @@ PROJECTIONS = {
     "gate_proj": "mlp",
     "up_proj": "mlp",
     "down_proj": "mlp",
+    "qkv_proj": "self_attn",  # Phi-3's fused q, k, v
+    "gate_up_proj": "mlp",  # Phi-3's fused gate, up
 }
+# What "all-linear" means where no model family is at hand (an adapter_config.json read alone):
+# the seven linears of a Llama-style block. Backends resolve it through the family registry.
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 HEAD = "lm_head"  # outside the blocks; the torch backend can adapt it too
-MODULE_NUMBERS = {name: i for i, name in enumerate([*PROJECTIONS, HEAD])}
+# Numbers 0-7 predate the fused projections, which came after lm_head: never renumbered.
+MODULE_NUMBERS = {
+    **{name: i for i, name in enumerate(LLAMA_PROJECTIONS)},
+    HEAD: 7,
+    "qkv_proj": 8,
+    "gate_up_proj": 9,
+}
 ALL_LINEAR = "all-linear"  # PEFT's shorthand: every linear layer but the output layer
 # What PEFT targets when adapter_config.json has no target_modules (its default for llama and mistral).
 PEFT_DEFAULT_TARGETS = ("q_proj", "v_proj")
@@ -38,7 +49,7 @@ def resolve_target_modules(names: list[str] | tuple[str, ...] | str, origin: str
     if ALL_LINEAR in listed:
         if len(listed) > 1:
             raise UserError(f"{origin}: {ALL_LINEAR!r} already names every projection; give it alone")
-        return sorted(PROJECTIONS)
+        return sorted(LLAMA_PROJECTIONS)
     return sorted(set(listed))
 
 

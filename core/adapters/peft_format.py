@@ -111,13 +111,17 @@ class AdapterConfig:
         return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
     @classmethod
-    def of_run(cls, config: Config, base_model: str | None) -> AdapterConfig:
-        """The adapter a run with ``config`` trains."""
+    def of_run(cls, config: Config, base_model: str | None, targets: list[str] | None = None) -> AdapterConfig:
+        """The adapter a run with ``config`` trains; ``targets``: the module names the backend
+        resolved through the model's family (``all-linear`` is family-specific: Phi-3's fused
+        ``qkv_proj``...), else ``config.lora_target_modules`` read as a Llama block's."""
         return cls(
             r=config.lora_r,
             lora_alpha=float(config.lora_alpha),
             use_rslora=config.use_rslora,
-            target_modules=resolve_target_modules(config.lora_target_modules),
+            target_modules=sorted(targets)
+            if targets is not None
+            else resolve_target_modules(config.lora_target_modules),
             lora_dropout=config.lora_dropout,
             base_model_name_or_path=base_model,
         )
@@ -233,11 +237,14 @@ def _targets(raw: dict[str, Any], path: Path) -> list[str]:
     return resolve_target_modules(names, f"{path}: target_modules")
 
 
-def check_matches_run(adapter: AdapterConfig, config: Config, directory: Path) -> None:
+def check_matches_run(
+    adapter: AdapterConfig, config: Config, directory: Path, targets: list[str] | None = None
+) -> None:
     """An adapter loaded into a run's LoRA layers must have been trained with the same shape and
-    scaling: a different lora_alpha would silently change what the adapter does."""
+    scaling: a different lora_alpha would silently change what the adapter does. ``targets``:
+    the run's resolved module names (``AdapterConfig.of_run``)."""
     path = Path(directory) / CONFIG_FILE
-    ours = AdapterConfig.of_run(config, None)
+    ours = AdapterConfig.of_run(config, None, targets)
     for key, option in (("r", "lora_r"), ("lora_alpha", "lora_alpha"), ("use_rslora", "use_rslora")):
         theirs, mine = getattr(adapter, key), getattr(ours, key)
         same = theirs == mine if isinstance(mine, bool) else math.isclose(theirs, mine)

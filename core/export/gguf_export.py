@@ -215,7 +215,7 @@ def lora_tensors(plan: MergePlan, family: GGUFFamily, dtype: str) -> list[GGUFTe
     import gguf
 
     assert plan.adapter is not None
-    if family.values is not None:
+    if family.values is not None and not family.values_spare_linears:
         raise UserError(
             f"architecture {family.arch!r} changes tensor values on export; a LoRA GGUF cannot follow it, merge instead"
         )

@@ -1,7 +1,9 @@
 """A byte-level tokenizer for ``random:<shape>`` models, so any UTF-8 text trains without a download.
 
 Ids 0-255 are the bytes (through GPT-2's byte-to-unicode map, so the ``tokenizers`` ByteLevel
-pre-tokenizer and decoder round-trip every string), then three specials. The chat template is
+pre-tokenizer and decoder round-trip every string), then three specials, then a family's own
+turn markers (Gemma's ``<start_of_turn>``/``<end_of_turn>``, Phi-3's ``<|user|>``...) from 259,
+so its template's end-of-turn marker is one token, a stop id and a target, as on the real model. The chat template is
 ChatML, the same as SmolLM2's, so data and prompts look alike on random and real models.
 """
 
@@ -21,7 +23,7 @@ CHATML_TEMPLATE = (
 )
 
 
-def build_byte_tokenizer():
+def build_byte_tokenizer(extra_specials: tuple[str, ...] = ()):
     """A ``tokenizers.Tokenizer``: BPE without merges over the 256 byte symbols, plus specials."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -36,20 +38,24 @@ def build_byte_tokenizer():
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
     assert ids == [BOS_ID, 257, EOS_ID] and PAD_ID == ids[0], ids
+    if extra_specials:
+        tok.add_special_tokens(list(extra_specials))
     return tok
 
 
-def write_byte_tokenizer(directory: str | Path, chat_template: str = CHATML_TEMPLATE) -> None:
+def write_byte_tokenizer(
+    directory: str | Path, chat_template: str = CHATML_TEMPLATE, extra_specials: tuple[str, ...] = ()
+) -> None:
     """Write tokenizer.json and tokenizer_config.json (chat template, eos/pad) into ``directory``.
     The specials are Qwen's too, so a Qwen family's own template (ChatML) works unchanged."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    build_byte_tokenizer().save(str(directory / "tokenizer.json"))
-    config = tokenizer_config(chat_template)
+    build_byte_tokenizer(extra_specials).save(str(directory / "tokenizer.json"))
+    config = tokenizer_config(chat_template, extra_specials)
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def tokenizer_config(chat_template: str = CHATML_TEMPLATE) -> dict:
+def tokenizer_config(chat_template: str = CHATML_TEMPLATE, extra_specials: tuple[str, ...] = ()) -> dict:
     added = {
         str(i): {
             "content": t,
@@ -59,12 +65,12 @@ def tokenizer_config(chat_template: str = CHATML_TEMPLATE) -> dict:
             "single_word": False,
             "special": True,
         }
-        for i, t in enumerate(SPECIAL_TOKENS, start=256)
+        for i, t in enumerate(SPECIAL_TOKENS + tuple(extra_specials), start=256)
     }
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "added_tokens_decoder": added,
-        "additional_special_tokens": [IM_START, IM_END],
+        "additional_special_tokens": [IM_START, IM_END, *extra_specials],
         "bos_token": ENDOFTEXT,
         "eos_token": IM_END,
         "pad_token": ENDOFTEXT,

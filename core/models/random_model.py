@@ -49,7 +49,7 @@ def write_random_model(
     )
     family = families.family_of(config, directory / "config.json")
     template = families.chat_template(family.chat_template) if family.chat_template else CHATML_TEMPLATE
-    write_byte_tokenizer(directory, template)
+    write_byte_tokenizer(directory, template, family.special_tokens)
     if with_weights:
         save_file(random_weights(config, seed), str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory

@@ -13,7 +13,9 @@ resumes on the other.
 The variants cover what differs between families: untied and tied heads, llama3 rope scaling,
 Mistral's one window, Qwen2's q/k/v biases with a sliding window on its second layer only,
 Qwen3's q/k norms and explicit head_dim, and Qwen3 with attention_bias (o_proj's bias is the
-unfused path) and every layer sliding. The batch (40 tokens) is longer than every window (8).
+unfused path) and every layer sliding; Gemma 2's (1 + weight) norms, sandwich norms, GeGLU,
+query_pre_attn_scalar and both soft-caps, Gemma 3's q/k norms and two rope bases, Phi-3's fused
+qkv_proj / gate_up_proj. The batch (40 tokens) is longer than every window (8).
 
 Run: .venv/bin/pytest tests/backends/test_parity.py -q
 """
@@ -122,7 +124,12 @@ def _mistral_window(directory: Path) -> Path:
 
 
 QWEN2, QWEN3 = "Qwen2ForCausalLM", "Qwen3ForCausalLM"
+GEMMA2, GEMMA3, PHI3 = "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM"
 WINDOW = dict(use_sliding_window=True, sliding_window=8)
+# Gemma: head_dim 16 with query_pre_attn_scalar 24 (the scale is not head_dim ** -0.5); Gemma 2's
+# caps are small enough to bite on these weights (scores and logits reach about 1-3).
+GEMMA = dict(head_dim=16, sliding_window=8, query_pre_attn_scalar=24)
+SOFTCAPS = dict(attn_logit_softcapping=2.0, final_logit_softcapping=1.5)
 MODELS = {
     "llama": lambda d: write_random_model(d, "tiny", seed=0),
     "llama3_tied": _llama3_tied,
@@ -134,6 +141,12 @@ MODELS = {
     "qwen3_bias_window": lambda d: write_transformers_model(
         d, QWEN3, seed=7, attention_bias=True, max_window_layers=0, **WINDOW
     ),
+    # layer 0 sliding (window 8), layer 1 global; both soft-caps
+    "gemma2_softcap": lambda d: write_transformers_model(d, GEMMA2, seed=8, **GEMMA, **SOFTCAPS),
+    # layer 0 sliding with the local rope base (10k), layer 1 global (1M); q/k norms
+    "gemma3_window": lambda d: write_transformers_model(d, GEMMA3, seed=9, sliding_window_pattern=2, **GEMMA),
+    # fused qkv_proj / gate_up_proj, every layer sliding (window 8), untied
+    "phi3_window": lambda d: write_transformers_model(d, PHI3, seed=10, sliding_window=8),
 }
 
 
@@ -229,7 +242,15 @@ def train_steps(backend, windows) -> list[float]:
 
 # (model, lora_dropout, steps): the Llama pair is the identity criterion (20 steps, dropout 0 and
 # 0.1, then resume across backends at step 10); one Qwen2 and one Qwen3 block, 10 steps each.
-TRAINED = [("llama", 0.0, 20), ("llama", 0.1, 20), ("qwen2_window", 0.1, 10), ("qwen3_tied", 0.0, 10)]
+TRAINED = [
+    ("llama", 0.0, 20),
+    ("llama", 0.1, 20),
+    ("qwen2_window", 0.1, 10),
+    ("qwen3_tied", 0.0, 10),
+    ("gemma2_softcap", 0.1, 10),  # the final soft-cap inside both chunked losses; portable dropout
+    ("gemma3_window", 0.0, 10),
+    ("phi3_window", 0.1, 10),  # dropout keys of the fused modules (numbers 8 and 9)
+]
 RESUME_AT = 10
 
 
@@ -270,7 +291,8 @@ def test_initial_adapters_are_identical(trained):
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert (root / "jax" / "initial" / name).read_bytes() == (root / "torch" / "initial" / name).read_bytes()
     tensors = load_file(str(root / "torch" / "initial" / "adapter_model.safetensors"))
-    assert len(tensors) == 2 * 2 * 7  # A and B of 7 projections in 2 layers
+    linears = 4 if trained["name"].startswith("phi3") else 7  # Phi-3: qkv, o, gate_up, down
+    assert len(tensors) == 2 * 2 * linears  # A and B of every linear in 2 layers
     assert all(np.abs(v).max() > 0 for k, v in tensors.items() if ".lora_A." in k)
 
 
@@ -350,7 +372,7 @@ def test_torch_adapter_loads_in_jax(trained):
     assert relative_error(jax_backend.logits(batch)[real], trained["backends"]["torch"].logits(batch)[real]) < 1e-4
 
 
-@pytest.mark.parametrize("trained", TRAINED[2:], ids=["qwen2_window", "qwen3_tied"], indirect=True)  # Llama's: jax/
+@pytest.mark.parametrize("trained", TRAINED[2:], ids=[m for m, _, _ in TRAINED[2:]], indirect=True)  # Llama's: jax/
 def test_generate_with_kv_cache_equals_without(trained):
     """jax greedy generation through its KV cache (per-layer windows included: the prompt and
     continuation, 24 tokens, outrun the window of 8) = the argmax of one full forward over

@@ -1,4 +1,5 @@
-"""``loraswitch train`` on Qwen2 and Qwen3 directories written by transformers, on both backends,
+"""``loraswitch train`` on Qwen2, Qwen3, Gemma 2, Gemma 3 and Phi-3 directories written by
+transformers, on both backends,
 end to end: chat records through the family's real template, the adapter in PEFT format with
 every linear of the block (the ``all-linear`` default), and the chat template arguments recorded
 with it (loraswitch.json) and used again by generate/evaluate."""
@@ -17,6 +18,8 @@ pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.usefixtures("isolated_env")
 BLOCK_LINEARS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+PHI3_LINEARS = ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
+GEMMA = dict(head_dim=16, sliding_window=8, query_pre_attn_scalar=16)
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +28,9 @@ def qwen_dirs(tmp_path_factory):
     return {
         "Qwen2ForCausalLM": write_transformers_model(root / "qwen2", "Qwen2ForCausalLM", seed=0),
         "Qwen3ForCausalLM": write_transformers_model(root / "qwen3", "Qwen3ForCausalLM", seed=0, head_dim=32),
+        "Gemma2ForCausalLM": write_transformers_model(root / "gemma2", "Gemma2ForCausalLM", seed=0, **GEMMA),
+        "Gemma3ForCausalLM": write_transformers_model(root / "gemma3", "Gemma3ForCausalLM", seed=0, **GEMMA),
+        "Phi3ForCausalLM": write_transformers_model(root / "phi3", "Phi3ForCausalLM", seed=0, sliding_window=8),
     }
 
 
@@ -49,7 +55,10 @@ def write_run(tmp_path, model_dir, backend: str, template_kwargs: str) -> tuple:
 
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
-@pytest.mark.parametrize("architecture", ["Qwen2ForCausalLM", "Qwen3ForCausalLM"])
+@pytest.mark.parametrize(
+    "architecture",
+    ["Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM"],
+)
 def test_train_a_qwen_directory(architecture, backend, qwen_dirs, tmp_path, capsys):
     kwargs = {"enable_thinking": False} if architecture == "Qwen3ForCausalLM" else {}
     config, run = write_run(tmp_path, qwen_dirs[architecture], backend, json.dumps(kwargs))
@@ -58,7 +67,7 @@ def test_train_a_qwen_directory(architecture, backend, qwen_dirs, tmp_path, caps
     assert summary["steps"] == 2 and summary["stop_reason"] == "n_steps"
     assert summary["final_eval_loss"] > 0
     adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
-    assert sorted(adapter_config["target_modules"]) == BLOCK_LINEARS
+    assert sorted(adapter_config["target_modules"]) == (PHI3_LINEARS if "Phi3" in architecture else BLOCK_LINEARS)
     assert json.loads((run / "adapter" / "loraswitch.json").read_text()) == {"chat_template_kwargs": kwargs}
 
 

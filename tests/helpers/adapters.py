@@ -11,25 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from loraswitch.core.adapters.modules import PROJECTIONS, module_paths
+from loraswitch.core.adapters.modules import module_paths
 from loraswitch.core.adapters.peft_format import AdapterConfig, expected_shapes, write_adapter
+from loraswitch.core.models.families import spec_from_config
 
 
 def model_features(model_dir: Path) -> dict[str, tuple[int, int]]:
-    """(in, out) of each projection of a Llama config.json."""
-    c = json.loads((Path(model_dir) / "config.json").read_text())
-    d, f = c["hidden_size"], c["intermediate_size"]
-    head_dim = c.get("head_dim") or d // c["num_attention_heads"]
-    q, kv = c["num_attention_heads"] * head_dim, c.get("num_key_value_heads", c["num_attention_heads"]) * head_dim
-    return {
-        "q_proj": (d, q),
-        "k_proj": (d, kv),
-        "v_proj": (d, kv),
-        "o_proj": (q, d),
-        "gate_proj": (d, f),
-        "up_proj": (d, f),
-        "down_proj": (f, d),
-    }
+    """(in, out) of each linear of the model's block (its family's: Phi-3's fused qkv_proj...)."""
+    path = Path(model_dir) / "config.json"
+    return spec_from_config(json.loads(path.read_text()), path).linear_dims()
 
 
 def write_random_adapter(
@@ -42,10 +32,10 @@ def write_random_adapter(
     use_rslora: bool = False,
     b_scale: float = 1.0,
 ) -> Path:
-    """All seven projections of every layer: A ~ U(-0.3, 0.3), B ~ N(0, 0.05) times ``b_scale``."""
+    """Every linear of every layer: A ~ U(-0.3, 0.3), B ~ N(0, 0.05) times ``b_scale``."""
     features = model_features(model_dir)
     layers = json.loads((Path(model_dir) / "config.json").read_text())["num_hidden_layers"]
-    modules = {path: features[path.rsplit(".", 1)[1]] for path in module_paths(layers, list(PROJECTIONS))}
+    modules = {path: features[path.rsplit(".", 1)[1]] for path in module_paths(layers, list(features))}
     rng = np.random.default_rng(seed)
     tensors = {}
     for name, shape in expected_shapes(modules, r).items():
@@ -55,7 +45,7 @@ def write_random_adapter(
         r=r,
         lora_alpha=alpha,
         use_rslora=use_rslora,
-        target_modules=sorted(PROJECTIONS),
+        target_modules=sorted(features),
         base_model_name_or_path=str(model_dir),
     )
     write_adapter(Path(directory), config, tensors)

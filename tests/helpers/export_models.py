@@ -31,7 +31,21 @@ FAMILIES = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "qwen2", {}),
     # transformers reads a qwen3 GGUF's head size from its default (128), not from the file
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", "qwen2", {"head_dim": 128}),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        "gpt2",
+        {"head_dim": 16, "sliding_window": 8, "query_pre_attn_scalar": 16},
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        "gpt2",
+        {"head_dim": 16, "sliding_window": 8, "query_pre_attn_scalar": 16},
+    ),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", "gpt2", {}),
 }
+PHI3_LINEAR = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]  # Phi-3's fused block
 
 
 def write_bpe_tokenizer(directory: Path, pre: str = "smollm") -> None:
@@ -105,6 +119,11 @@ def write_tiny_model(
     return directory
 
 
+def _all_linear(base_dir: Path) -> list[str]:
+    config = json.loads((Path(base_dir) / "config.json").read_text())
+    return PHI3_LINEAR if config["architectures"] == ["Phi3ForCausalLM"] else ALL_LINEAR
+
+
 def write_adapter(
     base_dir: Path, out: Path, *, targets=None, r: int = 4, alpha: float = 8, rslora: bool = False, seed: int = 1
 ) -> Path:
@@ -115,7 +134,7 @@ def write_adapter(
 
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     config = LoraConfig(
-        r=r, lora_alpha=alpha, target_modules=targets or ALL_LINEAR, use_rslora=rslora, lora_dropout=0.0
+        r=r, lora_alpha=alpha, target_modules=targets or _all_linear(base_dir), use_rslora=rslora, lora_dropout=0.0
     )
     model = get_peft_model(base, config)
     generator = torch.Generator().manual_seed(seed)

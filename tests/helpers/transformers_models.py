@@ -51,5 +51,5 @@ def write_transformers_model(directory: Path, architecture: str, *, seed: int, *
     model.save_pretrained(directory)
     family = families.family_of({"architectures": [architecture]}, directory / "config.json")
     template = families.chat_template(family.chat_template) if family.chat_template else None
-    write_byte_tokenizer(directory, *([template] if template else []))
+    write_byte_tokenizer(directory, *([template] if template else []), extra_specials=family.special_tokens)
     return directory

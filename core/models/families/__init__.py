@@ -5,7 +5,8 @@ Everything that depends on the architecture asks here: the core's model-director
 transformers class, which LoRA targets) and the jax backend (the ``ModelSpec`` its hand-written
 model is built from, the PEFT module paths). Framework-free: nothing here imports torch or jax.
 
-A family is a ``Family`` value (family.py) in a module of its own (llama.py, qwen.py); adding one
+A family is a ``Family`` value (family.py) in a module of its own (llama.py, qwen.py, gemma.py,
+phi3.py); adding one
 means writing its ``differences`` function and listing it in ``FAMILIES``.
 """
 
@@ -19,7 +20,9 @@ from typing import Any
 from loraswitch.core.errors import UserError
 from loraswitch.core.models.config_fields import positive_int
 from loraswitch.core.models.families.family import Family
+from loraswitch.core.models.families.gemma import GEMMA2, GEMMA3
 from loraswitch.core.models.families.llama import LLAMA, MISTRAL
+from loraswitch.core.models.families.phi3 import PHI3
 from loraswitch.core.models.families.qwen import QWEN2, QWEN3
 from loraswitch.core.models.families.spec import ModelSpec, RopeSpec
 
@@ -39,7 +42,7 @@ __all__ = [
     "spec_from_config",
 ]
 
-FAMILIES: tuple[Family, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3)
+FAMILIES: tuple[Family, ...] = (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA2, GEMMA3, PHI3)
 SUPPORTED_ARCHITECTURES = tuple(f.architecture for f in FAMILIES)
 ALL_LINEAR = "all-linear"  # peft's name for "every linear layer"; here: every linear of the block
 # A linear's parent submodule is the same in every family (q_proj is always in self_attn), so a
@@ -54,6 +57,9 @@ _REFUSED = {
     "Qwen3MoeForCausalLM": "mixture of experts",
     "Qwen2VLForConditionalGeneration": "vision-language",
     "Qwen2_5_VLForConditionalGeneration": "vision-language",
+    # Gemma 3 4B and up: a vision tower around the text model; only the text-only 1B layout
+    # (Gemma3ForCausalLM) is supported.
+    "Gemma3ForConditionalGeneration": "vision-language; Gemma3ForCausalLM (the 1B layout) is supported",
 }
 # Keys that make a config a mixture-of-experts model, which a dense class would silently ignore.
 _MOE_KEYS = ("num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size", "n_routed_experts")

@@ -41,6 +41,7 @@ class Family:
     differences: Differences
     linears: tuple[tuple[str, str], ...] = LLAMA_LINEARS
     chat_template: str | None = None  # a file in templates/: what random shapes and tests of this family use
+    special_tokens: tuple[str, ...] = ()  # that template's markers, added to the byte tokenizer of random shapes
 
     @property
     def linear_names(self) -> tuple[str, ...]:

@@ -20,6 +20,8 @@ from loraswitch.core.models.config_fields import object_or_null, positive_int, p
 
 # The rope types the hand-written model computes (backends/jax_flax/rope.py); transformers knows more.
 IMPLEMENTED_ROPE = ("default", "linear", "llama3")
+# The MLP activations it computes: silu (Llama, Qwen, Phi-3) and GELU's tanh approximation (Gemma).
+IMPLEMENTED_ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 FULL_ATTENTION, SLIDING_ATTENTION = "full_attention", "sliding_attention"
 
 
@@ -56,8 +58,23 @@ class ModelSpec:
     linears: tuple[tuple[str, str], ...]
     layer_windows: tuple[int | None, ...]
     biased: tuple[str, ...] = ()
-    qk_norm: bool = False  # RMSNorm over head_dim on every q and k head, before rope (Qwen3)
+    qk_norm: bool = False  # RMSNorm over head_dim on every q and k head, before rope (Qwen3, Gemma 3)
     hidden_act: str = "silu"
+    # Gemma: every RMSNorm scales by (norm_offset + weight) in fp32 (weights stored around 0),
+    # embeddings are multiplied by sqrt(hidden_size), and norms also follow attention and the MLP
+    # (post_attention_layernorm on the attention output, pre/post_feedforward_layernorm around the MLP).
+    norm_offset: float = 0.0
+    embed_scale: bool = False
+    sandwich_norms: bool = False
+    attention_scale: float | None = None  # softmax scale; None: head_dim ** -0.5 (Gemma: query_pre_attn_scalar ** -0.5)
+    attn_softcap: float | None = None  # Gemma 2: cap * tanh(score / cap) on attention scores, before the mask
+    final_softcap: float | None = None  # Gemma 2: the same on the output logits (and inside the loss)
+    local_rope: RopeSpec | None = None  # Gemma 3: the rope of the sliding layers (rope_local_base_freq)
+
+    @property
+    def fused(self) -> bool:
+        """Phi-3: q, k, v are one linear (qkv_proj) and gate, up another (gate_up_proj)."""
+        return "qkv_proj" in self.linear_names
 
     @property
     def linear_names(self) -> tuple[str, ...]:
@@ -89,6 +106,8 @@ class ModelSpec:
             "gate_proj": (d, f),
             "up_proj": (d, f),
             "down_proj": (f, d),
+            "qkv_proj": (d, q + 2 * kv),  # Phi-3: [q | k | v] along the output
+            "gate_up_proj": (d, 2 * f),  # Phi-3: [gate | up] along the output
         }
         return {name: dims[name] for name in self.linear_names}
 
@@ -102,6 +121,9 @@ class ModelSpec:
                 out[f"{self.parent(name)}.{name}.bias"] = (n_out,)
         out["input_layernorm.weight"] = (self.hidden_size,)
         out["post_attention_layernorm.weight"] = (self.hidden_size,)
+        if self.sandwich_norms:
+            out["pre_feedforward_layernorm.weight"] = (self.hidden_size,)
+            out["post_feedforward_layernorm.weight"] = (self.hidden_size,)
         if self.qk_norm:
             out["self_attn.q_norm.weight"] = (self.head_dim,)
             out["self_attn.k_norm.weight"] = (self.head_dim,)
@@ -138,10 +160,11 @@ def rope_parameters(config: dict[str, Any], file: Path) -> dict[str, Any]:
     return params
 
 
-def parse_rope(config: dict[str, Any], file: Path) -> RopeSpec:
+def parse_rope(config: dict[str, Any], file: Path, params: dict[str, Any] | None = None) -> RopeSpec:
     """The rope of a config in either spelling, every number checked finite and positive. A type
-    the hand-written model does not compute is recorded as it is; ``check_implemented`` refuses it."""
-    params = rope_parameters(config, file)
+    the hand-written model does not compute is recorded as it is; ``check_implemented`` refuses it.
+    ``params``: one layer type's rope parameters (Gemma 3 has one set per layer type)."""
+    params = rope_parameters(config, file) if params is None else params
     theta = positive_number(params, "rope_theta", file)
     kind = str(params.get("rope_type", params.get("type")) or "default")
     if kind == "linear":
@@ -204,11 +227,12 @@ def check_implemented(spec: ModelSpec, file: Path) -> None:
     """Refuse what loraswitch does not compute on every backend, naming the key. transformers
     would build some of these for the torch backend, but the hand-written jax model would not,
     and a model that trains on one backend and is refused on the other is a surprise nobody wants."""
-    if spec.rope.kind not in IMPLEMENTED_ROPE:
+    for rope in (spec.rope, spec.local_rope):
+        if rope is not None and rope.kind not in IMPLEMENTED_ROPE:
+            raise UserError(
+                f"{file}: rope type {rope.kind!r} is not supported (supported: {', '.join(IMPLEMENTED_ROPE)})"
+            )
+    if spec.hidden_act not in IMPLEMENTED_ACTIVATIONS:
         raise UserError(
-            f"{file}: rope type {spec.rope.kind!r} is not supported (supported: {', '.join(IMPLEMENTED_ROPE)})"
-        )
-    if spec.hidden_act != "silu":
-        raise UserError(
-            f"{file}: hidden_act {spec.hidden_act!r} is not supported (the {spec.architecture} block uses silu)"
+            f"{file}: hidden_act {spec.hidden_act!r} is not supported (supported: {', '.join(IMPLEMENTED_ACTIVATIONS)})"
         )

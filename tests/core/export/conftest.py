@@ -8,7 +8,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from helpers.export_models import write_adapter, write_tiny_model
+from helpers.export_models import PHI3_LINEAR, write_adapter, write_tiny_model
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,6 +44,9 @@ def models(tmp_path_factory):
         "mistral": dict(family="mistral", seed=4),
         "qwen2": dict(family="qwen2", seed=5, tied=True),
         "qwen3": dict(family="qwen3", seed=6),
+        "gemma2": dict(family="gemma2", seed=7, tied=True),
+        "gemma3": dict(family="gemma3", seed=8, tied=True),
+        "phi3": dict(family="phi3", seed=9),
     }
 
     def get(name: str):
@@ -60,9 +63,10 @@ def adapters(tmp_path_factory, models):
     root = tmp_path_factory.mktemp("adapters")
     made = {}
     variants = {
-        "all": dict(),
+        "all": dict(),  # every linear of the block (Phi-3: its four fused ones)
         "rslora": dict(rslora=True, r=8, alpha=4, targets=["q_proj", "k_proj", "down_proj"]),
         "lm_head": dict(targets=["q_proj", "v_proj", "lm_head"]),
+        "fused": dict(targets=PHI3_LINEAR),  # Phi-3: LoRA on the fused qkv_proj and gate_up_proj
     }
 
     def get(base: str, name: str = "all"):

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 from helpers.export_models import hf_logits, load_hf, token_ids
+from transformers import AutoConfig
 
 gguf = pytest.importorskip("gguf")
 
@@ -60,19 +61,55 @@ def reader_tensors(path) -> dict[str, np.ndarray]:
     }
 
 
-def load_gguf(path):
-    return load_hf(path.parent, gguf_file=path.name)
+def load_gguf(path, **kw):
+    return load_hf(path.parent, gguf_file=path.name, **kw)
 
 
 # ---------------------------------------------------------------- the merged model
 
 
-@pytest.mark.parametrize("base", ["llama", "llama-tied", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("base", ["llama", "llama-tied", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"])
 def test_f32_gguf_gives_the_merged_logits_in_transformers(exported, base):
     merged, path = exported(base)
     ids = token_ids(seed=2)
-    got = hf_logits(load_gguf(path), ids)
+    # transformers rebuilds a Gemma config from a GGUF with its default query_pre_attn_scalar
+    # (256; llama.cpp has no key for it and scales by head_dim, 16 here): the weights come from
+    # the GGUF, the config from the merged directory. The GGUF's own keys are checked below.
+    config = {"config": AutoConfig.from_pretrained(merged)} if base.startswith("gemma") else {}
+    got = hf_logits(load_gguf(path, **config), ids)
     assert np.abs(got - hf_logits(load_hf(merged), ids)).max() < 1e-5
+
+
+def test_gemma_norms_are_stored_plus_one_with_llama_cpp_keys(exported):
+    from safetensors.numpy import load_file
+
+    merged, path = exported("gemma2")
+    hf, tensors, meta = load_file(str(merged / "model.safetensors")), reader_tensors(path), fields(path)
+    for gguf_name, hf_name in (
+        ("blk.0.attn_norm.weight", "model.layers.0.input_layernorm.weight"),
+        ("blk.0.post_attention_norm.weight", "model.layers.0.post_attention_layernorm.weight"),
+        ("blk.0.ffn_norm.weight", "model.layers.0.pre_feedforward_layernorm.weight"),
+        ("blk.0.post_ffw_norm.weight", "model.layers.0.post_feedforward_layernorm.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+    ):
+        np.testing.assert_array_equal(tensors[gguf_name], hf[hf_name] + np.float32(1))
+    np.testing.assert_array_equal(tensors["blk.1.attn_q.weight"], hf["model.layers.1.self_attn.q_proj.weight"])
+    assert "output.weight" not in tensors  # tied
+    assert (meta["gemma2.attn_logit_softcapping"], meta["gemma2.final_logit_softcapping"]) == (50.0, 30.0)
+    assert (meta["gemma2.attention.sliding_window"], meta["gemma2.attention.key_length"]) == (8, 16)
+    gemma3 = fields(exported("gemma3")[1])
+    assert gemma3["gemma3.rope.freq_base"] == 1_000_000.0 and gemma3["gemma3.attention.sliding_window"] == 8
+    assert "blk.0.attn_q_norm.weight" in reader_tensors(exported("gemma3")[1])
+
+
+def test_phi3_fused_tensors_go_as_they_are(exported):
+    from safetensors.numpy import load_file
+
+    merged, path = exported("phi3")
+    hf, tensors, meta = load_file(str(merged / "model.safetensors")), reader_tensors(path), fields(path)
+    np.testing.assert_array_equal(tensors["blk.1.attn_qkv.weight"], hf["model.layers.1.self_attn.qkv_proj.weight"])
+    np.testing.assert_array_equal(tensors["blk.1.ffn_up.weight"], hf["model.layers.1.mlp.gate_up_proj.weight"])
+    assert (meta["general.architecture"], meta["phi3.rope.dimension_count"]) == ("phi3", 16)
 
 
 def test_f32_gguf_holds_every_merged_tensor_exactly_under_its_llama_cpp_name(exported):
@@ -282,7 +319,9 @@ def test_unsupported_rope_scaling_is_refused(models, tmp_path):
 # ---------------------------------------------------------------- the adapter alone
 
 
-@pytest.mark.parametrize("base, adapter", [("llama", "all"), ("llama", "rslora"), ("qwen2", "all")])
+@pytest.mark.parametrize(
+    "base, adapter", [("llama", "all"), ("llama", "rslora"), ("qwen2", "all"), ("gemma3", "all"), ("phi3", "fused")]
+)
 def test_lora_gguf_applied_to_the_base_gguf_is_the_merged_gguf(models, adapters, exported, base, adapter, tmp_path):
     """What llama.cpp computes with --lora: W_base + alpha / r * lora_b @ lora_a, per target, in
     GGUF order. That must be the merged GGUF's tensor (q/k permutation included)."""

@@ -28,6 +28,9 @@ from loraswitch.core.export.tensors import SafetensorsDir, from_float32, to_floa
         ("qwen2", "all"),  # q/k/v biases, tied embeddings
         ("qwen3", "all"),  # q/k norms, head_dim != hidden / heads
         ("mistral", "all"),
+        ("gemma2", "all"),  # soft-caps, sandwich norms, tied embeddings
+        ("gemma3", "lm_head"),  # LoRA on Gemma's tied lm_head: untied on merge
+        ("phi3", "fused"),  # LoRA on the fused qkv_proj and gate_up_proj
     ],
 )
 def test_merged_directory_matches_peft_within_1e_5(models, adapters, base, adapter, tmp_path):

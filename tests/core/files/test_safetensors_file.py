@@ -60,7 +60,7 @@ def raw_file(path, header: dict, data: bytes = b""):
         (
             {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}},
             b"\0" * 8,
-            "F32 \\[3\\] needs 12; the file is damaged",
+            "has 8 bytes, but F32 \\[3\\] needs 12; the file is damaged",
         ),
         ({"a": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 8, "unknown dtype 'C64'"),
         ({"a": {"dtype": "F32", "shape": "x"}}, b"", "entry 'a' has no valid shape/data_offsets"),

@@ -71,10 +71,14 @@ def test_shapes_match_published_parameter_counts():
             total,
             non_embedding,
         )
+    # google/gemma-3-1b-it: 1.0B (tied); microsoft/Phi-3-mini-4k-instruct: 3.8B (untied)
+    assert round(count_params(SHAPES["gemma3-1b"]) / 1e6) == 1000
+    assert round(count_params(SHAPES["phi3-mini"]) / 1e6) == 3821
     tiny = shape_config("tiny")
     assert tiny["tie_word_embeddings"] is False and "lm_head.weight" in tensor_shapes(tiny)
     for config in SHAPES.values():
-        assert config["architectures"][0] in SUPPORTED_ARCHITECTURES and config["hidden_act"] == "silu"
+        activation = config.get("hidden_act", config.get("hidden_activation"))
+        assert config["architectures"][0] in SUPPORTED_ARCHITECTURES and activation in ("silu", "gelu_pytorch_tanh")
         assert config["vocab_size"] >= 259  # covers the byte tokenizer
         if config["model_type"] == "llama":
             assert config["head_dim"] * config["num_attention_heads"] == config["hidden_size"]
@@ -126,7 +130,7 @@ def test_unknown_sources_are_one_line_errors(sources_only):
     with pytest.raises(
         UserError,
         match=r"^model: cannot resolve 'no/such/dir'; expected a directory, builtin:NAME or random:SHAPE "
-        r"\(shapes: tiny, tiny-qwen2, tiny-qwen3, llama-1b",
+        r"\(shapes: tiny, tiny-qwen2, tiny-qwen3, tiny-gemma2, tiny-gemma3, tiny-phi3, llama-1b",
     ):
         resolve_model("no/such/dir")
     with pytest.raises(UserError, match="unknown random shape 'huge'; shapes: tiny"):
@@ -241,7 +245,8 @@ def test_validate_accepts_a_good_directory(model_dir):
         (
             lambda d: _edit_config(d, architectures=["GPT2LMHeadModel"]),
             r"config\.json: unsupported architecture \['GPT2LMHeadModel'\]; 'architectures' must name one of: "
-            r"LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM$",
+            r"LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
+            r"Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM$",
         ),
         (lambda d: _edit_config(d, hidden_size="big"), r"config\.json: key 'hidden_size' must be a positive integer"),
         (lambda d: (d / "tokenizer.json").unlink(), r"tokenizer\.json: missing"),

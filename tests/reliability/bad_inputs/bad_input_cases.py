@@ -665,6 +665,33 @@ CASES: list[Case] = [
         ),
     ),
     Case(
+        "gemma3-multimodal",  # Gemma 3 4B and up: a vision tower around the text model
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: architecture Gemma3ForConditionalGeneration (vision-language; Gemma3ForCausalLM "
+        "(the 1B layout) is supported) is not supported",
+        prepare=qwen_model("tiny-gemma3", architectures=["Gemma3ForConditionalGeneration"], model_type="gemma3"),
+    ),
+    Case(
+        "gemma3-attention-softcap",  # transformers' Gemma 3 ignores it: refused rather than silently ignored
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: attn_logit_softcapping is set, but transformers' Gemma 3 attention ignores it",
+        prepare=qwen_model("tiny-gemma3", attn_logit_softcapping=50.0),
+    ),
+    Case(
+        "phi3-longrope",
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: rope_scaling type 'longrope' (Phi-3's long-context scaling) is not supported",
+        prepare=qwen_model(
+            "tiny-phi3", rope_scaling={"type": "longrope", "long_factor": [1.0] * 8, "short_factor": [1.0] * 8}
+        ),
+    ),
+    Case(
+        "phi3-partial-rotary",  # Phi-4-mini
+        TRAIN + ["--model", "{model}"],
+        "{model}/config.json: partial_rotary_factor 0.75 is not supported",
+        prepare=qwen_model("tiny-phi3", partial_rotary_factor=0.75),
+    ),
+    Case(
         "qwen-target-module-jax",
         TRAIN + ["--model", "{model}", "--backend", "jax", "--lora_target_modules", "q_proj,qkv_proj"],
         "lora_target_modules: 'qkv_proj' is not a linear layer of a Qwen3 block; choose from down_proj, gate_proj",
