@@ -235,6 +235,9 @@ class Block(nnx.Module):
         self.eps, self.offset = spec.rms_norm_eps, spec.norm_offset
         self.linear_names = spec.linear_names
 
+    def _norm(self, x, weight: nnx.Param):
+        return rms_norm(x, weight[...], self.eps, self.offset)
+
     def __call__(self, x, cos, sin, key_mask, key, cache, start, window=None, segments=None):
         keys = _module_keys(key)
         attn, new_cache = self.self_attn(
