@@ -145,16 +145,14 @@ class Recipe:
     def _load_data(self) -> None:
         from loraswitch.core.data.batching import pack
         from loraswitch.core.data.chat_tokenizer import ChatTokenizer
-        from loraswitch.core.data.dataset import data_fingerprint, load_datasets
+        from loraswitch.core.data.dataset import config_fingerprint, load_datasets
         from loraswitch.core.models.sources import resolve_model
 
         config = self.config
         self.source = resolve_model(config.model)
         self.tokenizer = ChatTokenizer.from_dir(self.source.path, config.chat_template_kwargs)
         self.data = load_datasets(config, self.tokenizer)
-        self.fingerprint = {
-            key: data_fingerprint(getattr(config, key)) for key in ("data", "validation_data") if getattr(config, key)
-        }
+        self.fingerprint = config_fingerprint(config)
         # Packing happens once, before shuffling: the rows are then fixed, so the epoch plan (and a
         # resumed run's position in it) does not depend on the order.
         self.rows = pack(self.data.train, config.max_seq_len) if config.packing else self.data.train

@@ -76,13 +76,12 @@ def run(args) -> int:
 def _records(config, data: str | None):
     """The records to evaluate: a given file, or the run's validation split (the same split
     the run trained with: same file, seed and training_split)."""
-    from loraswitch.core.data.dataset import split_indices
-    from loraswitch.core.data.jsonl import read_jsonl
+    from loraswitch.core.data.dataset import read_config_records, split_indices
 
     if data is not None:
-        return read_jsonl(data)
+        return read_config_records(config, data)
     if config.validation_data:
-        return read_jsonl(config.validation_data)
-    records = read_jsonl(config.data)
+        return read_config_records(config, config.validation_data)
+    records = read_config_records(config, config.data)
     _, val_idx = split_indices(len(records), config.training_split, config.seed)
     return [records[i] for i in val_idx]
