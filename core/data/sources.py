@@ -21,7 +21,7 @@ from loraswitch.core.data.records import Record, json_type
 from loraswitch.core.data.shapes import parse_record
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.json_file import parse_json
-from loraswitch.core.files.paths import read_bounded, regular_file
+from loraswitch.core.files.paths import directory, read_bounded, regular_file, resolved
 
 HF_PREFIX = "hf:"
 TABLE_SUFFIXES = (".parquet", ".csv")
@@ -48,6 +48,16 @@ def read_records(
     if not records:
         raise UserError(f"{label}: data file has no records (it is empty or only blank lines)")
     return records
+
+
+def absolute_source(text: str) -> str:
+    """The data string with its path made absolute (``hf:`` names stay as they are), checked to
+    exist: a regular file, or a directory (save_to_disk)."""
+    if text.startswith(HF_PREFIX):
+        return text
+    if Path(text).is_dir():
+        return str(resolved(directory(text, what="data directory")))
+    return str(resolved(regular_file(text, what="data file")))
 
 
 def _is_json_array(p: Path) -> bool:

@@ -31,7 +31,7 @@ from typing import Any
 from loraswitch.core.config import Config, validate
 from loraswitch.core.errors import UserError
 from loraswitch.core.files import atomic
-from loraswitch.core.files.paths import regular_file, resolved
+from loraswitch.core.files.paths import resolved
 from loraswitch.core.plugins import call_hook, check_trackers, create_backend
 from loraswitch.core.rundir import checkpoints, layout, names
 from loraswitch.core.rundir.adapter_settings import write_adapter_settings
@@ -442,8 +442,10 @@ def _absolute_paths(config: Config) -> Config:
     """Data files and a local model directory as absolute paths, so --resume and
     ``loraswitch evaluate RUN_DIR`` work from any working directory (a no-op when resuming:
     config.yaml already holds them)."""
+    from loraswitch.core.data.sources import absolute_source
+
     update = {
-        k: str(resolved(regular_file(getattr(config, k), what="data file")))
+        k: absolute_source(getattr(config, k))
         for k in ("data", "validation_data")
         if getattr(config, k)
     }

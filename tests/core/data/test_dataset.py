@@ -83,7 +83,10 @@ def test_reads_all_three_shapes_skips_blank_lines_and_bom(tmp_path):
         ('{"messages": [{"role": "assistant", "content": "x"}], "tools": {}}', r"'tools': must be a list"),
         ('{"conversations": [{"from": "bot", "value": "x"}]}', r"conversations\[0\]: 'from' 'bot' is not one of"),
         ('{"conversations": [{"from": "gpt"}]}', r"conversations\[0\]: 'value' is missing"),
-        ('{"instruction": "x", "input": ""}', r"an Alpaca record needs 'instruction' and 'output'; 'output' is missing"),
+        (
+            '{"instruction": "x", "input": ""}',
+            r"an Alpaca record needs 'instruction' and 'output'; 'output' is missing",
+        ),
         ('{"instruction": "x", "output": 3}', r"'output' must be a string, got a number"),
         ('{"messages": [{"role": "user"}]}', r"messages\[0\]: 'content' is missing"),
         ('{"messages": [{"role": "user", "content": ["a"]}]}', r"'content' must be a string, got an array"),
