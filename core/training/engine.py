@@ -444,11 +444,7 @@ def _absolute_paths(config: Config) -> Config:
     config.yaml already holds them)."""
     from loraswitch.core.data.sources import absolute_source
 
-    update = {
-        k: absolute_source(getattr(config, k))
-        for k in ("data", "validation_data")
-        if getattr(config, k)
-    }
+    update = {k: absolute_source(getattr(config, k)) for k in ("data", "validation_data") if getattr(config, k)}
     if Path(config.model).expanduser().is_dir():
         update["model"] = str(resolved(config.model))
     return config.model_copy(update=update)
