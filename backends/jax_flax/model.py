@@ -86,7 +86,7 @@ class Attention(nnx.Module):
         if cache is None:
             out, new_cache = self._attend(q, k, v, key_mask, window), None
         else:
-            out, new_cache = self._attend_cached(q, k, v, cache, start, window)
+            out, new_cache = self._attend_cached(q, k, v, cache, start, window, key_mask)
         out = checkpoint_name(out.reshape(B, T, s.num_heads * s.head_dim), "attn_out")
         return self.o_proj(out, keys("o_proj")), new_cache
 
@@ -106,9 +106,10 @@ class Attention(nnx.Module):
         mask = None if key_mask is None else key_mask[:, None, None, :].astype(bool)
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, **extra)
 
-    def _attend_cached(self, q, k, v, cache: Cache, start, window):
+    def _attend_cached(self, q, k, v, cache: Cache, start, window, key_mask=None):
         """Write this chunk's keys/values at ``start`` and attend over the whole cache, masking
-        the slots after each query's own position (they hold stale or padding entries)."""
+        the slots after each query's own position (they hold stale or padding entries) and,
+        with ``key_mask`` [B, S] (batched generation), each row's left padding."""
         ck, cv = cache
         ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, start, 0, 0))
         cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, start, 0, 0))
@@ -118,7 +119,8 @@ class Attention(nnx.Module):
         window = self.spec.sliding_window if window is None else window
         if window is not None:
             mask &= k_pos[None, :] > q_pos[:, None] - window
-        out = jax.nn.dot_product_attention(q, ck, cv, mask=mask[None, None])
+        mask = mask[None, None] if key_mask is None else mask[None, None] & key_mask[:, None, None, :]
+        out = jax.nn.dot_product_attention(q, ck, cv, mask=mask)
         return out, (ck, cv)
 
 
@@ -248,12 +250,18 @@ class DecoderLM(nnx.Module):
         dropout_key: jax.Array | None = None,
         cache: Cache | None = None,
         start: Any = 0,
+        left_pad: jax.Array | None = None,
     ) -> tuple[jax.Array, Cache | None]:
-        """Final-norm hidden states [B, T, d]; with ``cache``, positions start at ``start``."""
+        """Final-norm hidden states [B, T, d]; with ``cache``, positions start at ``start``.
+        ``left_pad`` [B] (batched generation, with ``cache``): each row's first cache slots are
+        padding, hidden from attention, and its positions count from its first real token."""
         T = input_ids.shape[1]
         x = self.embed_tokens[...][input_ids]
-        positions = start + jnp.arange(T)
-        cos, sin = cos_sin(positions[None], inv_frequencies(self.spec.rope, self.spec.head_dim), self.dtype)
+        positions = (start + jnp.arange(T))[None]
+        if left_pad is not None and cache is not None:
+            positions = jnp.maximum(positions - left_pad[:, None], 0)
+            key_mask = jnp.arange(cache[0].shape[2])[None, :] >= left_pad[:, None]
+        cos, sin = cos_sin(positions, inv_frequencies(self.spec.rope, self.spec.head_dim), self.dtype)
         graphdef, stacked = nnx.split(self.layers)
         # dropout_key: the portable key table [layers, modules, 2] (scanned as it is) or a PRNG key
         layer_keys = dropout_key
