@@ -52,7 +52,10 @@ def parse_record(
 
 def rename_fields(obj: dict, fields: Mapping[str, str], where: str) -> dict:
     """``obj`` with the file's keys (``fields``' values) under loraswitch's names (its keys)."""
-    out = {k: v for k, v in obj.items() if k not in fields}  # a canonical name is taken from the mapping only
+    # a mapped name is taken from the mapping only, and a mapped-from key is not read again
+    # under its own name ({completion: text} must not also make a text record)
+    taken = set(fields) | set(fields.values())
+    out = {k: v for k, v in obj.items() if k not in taken}
     for ours, theirs in fields.items():
         if theirs in obj:
             out[ours] = obj[theirs]

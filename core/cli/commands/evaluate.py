@@ -28,6 +28,10 @@ def add_arguments(p) -> None:
         metavar="SOURCE",
         help="data to evaluate on, any source `data` accepts (with --adapter, or instead of the run's split)",
     )
+    p.add_argument("--data_format", metavar="SHAPE", help="record shape of --data (default: the run's, else auto)")
+    p.add_argument(
+        "--data_fields", metavar="MAPPING", help="key mapping of --data, e.g. '{prompt: question, completion: answer}'"
+    )
     p.add_argument("--model", metavar="SOURCE")
     p.add_argument("--backend", metavar="NAME")
     p.add_argument("--max_new_tokens", type=int, default=64, metavar="N", help="generation budget per answer")
@@ -53,7 +57,7 @@ def run(args) -> int:
         model=args.model,
         backend_name=args.backend,
         adapter=args.run_dir or args.adapter,
-        extra=template_kwargs_option(args.chat_template_kwargs),
+        extra={**template_kwargs_option(args.chat_template_kwargs), **_reading_options(args)},
     )
     records = _records(config, args.data)
     result = _loss(backend, tokenizer, config, records, args.data)
@@ -81,6 +85,14 @@ def _check_args(args) -> None:
         raise UserError(f"--max_new_tokens {args.max_new_tokens}: must be a positive integer")
     if args.generate_batch_size <= 0:
         raise UserError(f"--generate_batch_size {args.generate_batch_size}: must be a positive integer")
+
+
+def _reading_options(args) -> dict:
+    """--data_format / --data_fields as config values (validated with the config)."""
+    from loraswitch.core.config import parse_cli_overrides
+
+    flags = [f"--{key}={getattr(args, key)}" for key in ("data_format", "data_fields") if getattr(args, key)]
+    return parse_cli_overrides(flags)
 
 
 def _names(text: str | None) -> list[str] | None:

@@ -95,6 +95,11 @@ def test_data_fields_map_any_keys(tmp_path):
     rows = [{"dialog": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}]
     (r,) = read_records(write_jsonl(tmp_path / "e.jsonl", rows), fields={"conversations": "dialog"})
     assert [m.content for m in r.messages] == ["hi", "yo"]
+    # a key mapped from is not read again under its own name: "text" here is a completion
+    (r,) = read_records(
+        write_jsonl(tmp_path / "f.jsonl", [{"q": "a", "text": "b"}]), fields={"prompt": "q", "completion": "text"}
+    )
+    assert (r.kind, r.prompt, r.completion) == ("completion", "a", "b")
 
 
 @pytest.mark.parametrize(

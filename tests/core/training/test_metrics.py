@@ -82,3 +82,16 @@ def test_evaluate_writes_each_example_and_the_means(tmp_path, capsys):
         assert result["metrics"][name] == pytest.approx(sum(line[name] for line in lines) / len(lines))
     assert json.loads((run / "evaluation.json").read_text())["metrics"] == result["metrics"]
     assert main(["evaluate", str(run), "--metrics", "nope"]) == 2
+    capsys.readouterr()
+    # a bare adapter on a CSV with other column names: --data_fields, --out
+    (tmp_path / "qa.csv").write_text("question,answer\n1+1=,2\n2+1=,3\n5+1=,6\n")
+    out = tmp_path / "answers.jsonl"
+    argv = ["evaluate", "--adapter", str(run / "adapter"), "--backend", "numpy", "--data", str(tmp_path / "qa.csv")]
+    argv += ["--data_fields", "{prompt: question, completion: answer}", "--out", str(out), "--json"]
+    argv += ["--max_new_tokens", "2", "--metrics", "exact_match"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["generated_examples"] == 3 and list(result["metrics"]) == ["exact_match"]
+    assert [json.loads(line)["where"] for line in out.read_text().splitlines()] == [
+        f"{tmp_path / 'qa.csv'}: row {i}" for i in range(3)
+    ]
