@@ -28,9 +28,9 @@ def generate_all(
     pad_id: int = 0,
 ) -> list[list[int]]:
     """New token ids for every prompt, in the order of ``prompts``."""
-    options: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop_ids=tuple(stop_ids)
-    )
+    options: dict[str, Any] = dict(max_new_tokens=max_new_tokens, temperature=temperature, stop_ids=tuple(stop_ids))
+    if temperature > 0:  # what greedy decoding ignores is passed only when sampling, as callers always did
+        options.update(top_p=top_p, seed=seed)
     batched = getattr(backend, "generate_batch", None)
     if batched is None or batch_size <= 1:
         return [list(backend.generate(list(p), **options)) for p in prompts]

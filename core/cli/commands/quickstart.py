@@ -53,7 +53,6 @@ def run(args) -> int:
     from loraswitch.core.cli.commands._inference import load_for_inference
     from loraswitch.core.config import resolve
     from loraswitch.core.data.sources import read_records
-    from loraswitch.core.errors import UserError
     from loraswitch.core.files.atomic import atomic_write_json
     from loraswitch.core.plugins import check_trackers
     from loraswitch.core.report import write_report
@@ -61,8 +60,7 @@ def run(args) -> int:
     from loraswitch.core.training.engine import train
     from loraswitch.core.training.stopping import StopReason
 
-    if args.generate_batch_size <= 0:
-        raise UserError(f"--generate_batch_size {args.generate_batch_size}: must be a positive integer")
+    _check_batch_size(args.generate_batch_size)
     config = resolve(args.config, args.overrides)
     check_trackers(config.report_to)  # before minutes of measuring, not after
     heldout = read_records(args.heldout, config.data_format, config.data_fields)
@@ -108,6 +106,13 @@ def run(args) -> int:
     print(f"report: {report}")
     print(next_steps(str(config.output_dir)))
     return 0
+
+
+def _check_batch_size(n: int) -> None:
+    from loraswitch.core.errors import UserError
+
+    if n <= 0:
+        raise UserError(f"--generate_batch_size {n}: must be a positive integer")
 
 
 def _samples(args, before: dict, after: dict) -> dict:
