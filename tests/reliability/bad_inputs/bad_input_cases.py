@@ -606,7 +606,8 @@ CASES: list[Case] = [
         "the training split has no example with a target token left after truncation to max_seq_len 8",
         files={"bad.jsonl": jsonl(*[{"prompt": "a long prompt " * 4, "completion": "x"}] * 5)},
     ),
-    Case("data-is-a-directory", TRAIN + ["--data", "{d}"], "{d}: data file is a directory, not a regular file"),
+    # a directory is read as a datasets save_to_disk directory (docs/data.md); this one is not one
+    Case("data-is-a-directory", TRAIN + ["--data", "{d}"], "{d}: not a datasets save_to_disk directory"),
     Case(
         "data-validation-file-missing",
         TRAIN + ["--validation_data", "{d}/nope.jsonl"],
