@@ -61,6 +61,8 @@ class Backend(Protocol):
     ) -> list[int]:
         """New token ids after ``prompt_ids``: greedy when temperature is 0, else sampled."""
 
+    # Optional: ``generate_batch`` (see ``BatchGeneration``); without it the core loops over ``generate``.
+
     def save_adapter(self, directory: Path) -> None:
         """Write the adapter in PEFT format: adapter_config.json + adapter_model.safetensors
         (keys ``base_model.model.<module path>.lora_A.weight`` [r, in], ``lora_B.weight`` [out, r])."""
@@ -79,3 +81,25 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]:
         """Facts for summary.json and the bench: framework/version, device, precision,
         params_total, params_trainable."""
+
+
+@runtime_checkable
+class BatchGeneration(Protocol):
+    """What a backend may add to ``Backend`` for fast evaluation: several prompts at once.
+    ``evaluate`` and the quickstart call it through ``core.training.generation.generate_all``,
+    which falls back to one ``generate`` per prompt for a backend without it."""
+
+    def generate_batch(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop_ids: tuple[int, ...] = (),
+        pad_id: int = 0,
+    ) -> list[list[int]]:
+        """For each prompt, what ``generate(prompt, ...)`` returns for it alone (greedy: the same
+        tokens; sampled: each row drawing as it would alone with ``seed``). ``pad_id`` fills the
+        left padding and the slots of finished rows; it is never returned."""

@@ -21,6 +21,7 @@ from loraswitch.core.files.paths import read_bounded
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config file is a few hundred bytes; refuse reading a disk image
 DEFAULT_TARGET_MODULES = ["all-linear"]  # resolved per model family (core/models/families)
 Tracker = Literal["tensorboard", "mlflow", "wandb", "none"]
+DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"]  # core/data/shapes.py
 _NO_TRACKER: list[Tracker] = ["none"]
 # Names a chat template always receives from loraswitch; chat_template_kwargs may not replace them.
 RESERVED_TEMPLATE_ARGS = ("messages", "add_generation_prompt", "bos_token", "eos_token", "tools", "documents")
@@ -130,8 +131,22 @@ class Config(BaseModel):
     model: str = Field(
         "builtin:smollm2-135m", description="A local Hugging Face directory, builtin:smollm2-135m, or random:<shape>."
     )
-    data: str | None = Field(None, description="Training data, JSONL (messages, prompt/completion or text).")
-    validation_data: str | None = Field(None, description="Separate validation JSONL; when set, all of data trains.")
+    data: str | None = Field(
+        None,
+        description="Training data: JSONL, a JSON array, parquet, CSV, a datasets save_to_disk directory, or "
+        "hf:NAME[:SPLIT] from the local datasets cache (docs/data.md).",
+    )
+    validation_data: str | None = Field(
+        None, description="Separate validation data (any source data accepts); when set, all of data trains."
+    )
+    data_format: DataFormat = Field(
+        "auto",
+        description="Record shape: auto (detected per record), messages, sharegpt, alpaca, prompt_completion or text.",
+    )
+    data_fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="The data's own keys under loraswitch's names, e.g. {prompt: question, completion: answer}.",
+    )
     output_dir: str = Field("runs/run", description="The run directory.")
     log_every: int = Field(1, gt=0, description="Progress/metrics line every this many steps.")
     eval_batches: int | None = Field(
@@ -164,6 +179,18 @@ class Config(BaseModel):
         if "none" in chosen and len(chosen) > 1:
             raise ValueError("none means no tracker and cannot be combined with tracker names")
         return chosen or ["none"]
+
+    @field_validator("data_fields")
+    @classmethod
+    def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        from loraswitch.core.data.shapes import FIELDS
+
+        for ours, theirs in v.items():
+            if ours not in FIELDS:
+                raise ValueError(f"{ours!r} is not a field loraswitch reads; use one of {', '.join(FIELDS)}")
+            if not theirs:
+                raise ValueError(f"{ours!r}: the data's key must be a non-empty string")
+        return v
 
     @field_validator("chat_template_kwargs")
     @classmethod
@@ -325,6 +352,8 @@ def _resolve_paths_relative_to(config: Config, base: Path, file_values: dict[str
     """Data paths written in a config file are relative to that file, as users expect."""
     for key in ("data", "validation_data"):
         value = getattr(config, key)
+        if value and value.startswith("hf:"):
+            continue  # a datasets cache name, not a path
         if value and key in file_values and value == file_values[key] and not Path(value).is_absolute():
             candidate = base / value
             if candidate.exists() or not Path(value).exists():

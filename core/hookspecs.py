@@ -46,6 +46,15 @@ def register_model_sources(register: Callable[..., None]) -> None:
     ``register(name, description, cached_path_or_None)``."""
 
 
+@hookspec
+def register_metrics(register: Callable[..., None]) -> None:
+    """Register answer metrics for ``loraswitch evaluate``: call
+    ``register(name, fn, description="...")`` once per metric, where ``fn(prediction: str,
+    reference: str) -> float`` scores one example (evaluate reports the mean and writes each
+    example's value). Built-ins: exact_match, json_valid, token_f1 (core/training/metrics.py).
+    A name registered twice is an error naming both plugins."""
+
+
 # ---------------------------------------------------------------- run observers
 # Fired at coarse points only, never inside the gradient math, and only on the main process
 # (rank 0) of a distributed run, so an observer that writes files needs no rank check.

@@ -22,6 +22,7 @@ from loraswitch.core.errors import UserError
 
 DEFAULT_PLUGINS = (
     "loraswitch.core.models.sources",
+    "loraswitch.core.training.metrics",
     "loraswitch.backends.torch_peft",
     "loraswitch.backends.jax_flax",
     "loraswitch.plugins.metrics_file",

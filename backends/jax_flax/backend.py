@@ -70,9 +70,9 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 @functools.cache
-def _empty_cache(spec, dtype, length: int, sharding):
-    """A jitted maker of a zero KV cache on every device (one compile per cache length)."""
-    return jax.jit(lambda: empty_cache(spec, dtype, 1, length), out_shardings=sharding)
+def _empty_cache(spec, dtype, length: int, sharding, rows: int = 1):
+    """A jitted maker of a zero KV cache on every device (one compile per cache shape)."""
+    return jax.jit(lambda: empty_cache(spec, dtype, rows, length), out_shardings=sharding)
 
 
 class JaxBackend:
@@ -286,6 +286,59 @@ class JaxBackend:
                 top_p,
             )
         return out
+
+    def generate_batch(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop_ids: tuple[int, ...] = (),
+        pad_id: int = 0,
+    ) -> list[list[int]]:
+        """``generate`` for each prompt in one batch: the prompts left-padded to a common bucket
+        width (so every row's newest token sits in the same cache slot), the padding hidden by a
+        per-row key mask and each row's positions counted from its first real token."""
+        self._require()
+        if any(not p for p in prompts):
+            raise UserError("generate: a prompt is empty")
+        if max_new_tokens <= 0:
+            return [[] for _ in prompts]
+        width = _round_up(max(len(p) for p in prompts), _GENERATE_BUCKET)
+        # rows rounded up to a power of two (filler rows repeat the first prompt), so the
+        # remainder batch of an evaluation compiles one of a few shapes
+        filled = list(prompts) + [prompts[0]] * ((1 << (len(prompts) - 1).bit_length()) - len(prompts))
+        ids = np.full((len(filled), width), pad_id, np.int32)
+        left_pad = np.array([width - len(p) for p in filled], np.int32)
+        for row, p in enumerate(filled):
+            ids[row, left_pad[row] :] = p
+        length = _round_up(width + max_new_tokens, _GENERATE_BUCKET)
+        cache = _empty_cache(self.spec, jnp.dtype(self.options.dtype), length, self.layout.replicated, len(filled))()
+        root = jax.random.PRNGKey(seed)
+        settings = (np.float32(temperature), np.float32(top_p))
+        tokens, cache = self.fn.extend_rows(
+            self.lora, self.frozen, cache, ids, np.int32(0), left_pad, jax.random.fold_in(root, 0), *settings
+        )
+        out: list[list[int]] = [[] for _ in filled]
+        done = np.arange(len(filled)) >= len(prompts)  # filler rows count as done
+        for i in range(max_new_tokens):
+            step = np.asarray(tokens).astype(np.int32)
+            for row in np.flatnonzero(~done):
+                if int(step[row]) in stop_ids:
+                    done[row] = True
+                else:
+                    out[row].append(int(step[row]))
+                    done[row] = len(out[row]) == max_new_tokens
+            if done.all():
+                break
+            step[done] = pad_id
+            tokens, cache = self.fn.extend_rows(
+                self.lora, self.frozen, cache, step[:, None], np.int32(width + i), left_pad,
+                jax.random.fold_in(root, i + 1), *settings,
+            )  # fmt: skip
+        return out[: len(prompts)]
 
     # ------------------------------------------------------------------ adapters and state
 

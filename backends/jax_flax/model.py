@@ -131,7 +131,7 @@ class Attention(nnx.Module):
         elif cache is None:
             out, new_cache = self._attend(q, k, v, key_mask, window), None
         else:
-            out, new_cache = self._attend_cached(q, k, v, cache, start, window)
+            out, new_cache = self._attend_cached(q, k, v, cache, start, window, key_mask)
         out = checkpoint_name(out.reshape(B, T, s.num_heads * s.head_dim), "attn_out")
         return self.o_proj(out, keys("o_proj")), new_cache
 
@@ -179,9 +179,10 @@ class Attention(nnx.Module):
             extra["implementation"] = "cudnn"
         return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], is_causal=True, scale=scale, **extra)
 
-    def _attend_cached(self, q, k, v, cache: Cache, start, window):
+    def _attend_cached(self, q, k, v, cache: Cache, start, window, key_mask=None):
         """Write this chunk's keys/values at ``start`` and attend over the whole cache, masking
-        the slots after each query's own position (they hold stale or padding entries)."""
+        the slots after each query's own position (they hold stale or padding entries) and,
+        with ``key_mask`` [B, S] (batched generation), each row's left padding."""
         ck, cv = cache
         ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, start, 0, 0))
         cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, start, 0, 0))
@@ -191,10 +192,11 @@ class Attention(nnx.Module):
         window = self.spec.sliding_window if window is None else window
         if window is not None:
             mask &= k_pos[None, :] > q_pos[:, None] - window
+        mask = mask[None, None] if key_mask is None else mask[None, None] & key_mask[:, None, None, :]
         scale, cap = self.spec.attention_scale, self.spec.attn_softcap
         if cap is not None:
-            return _exact_attention(q, ck, cv, mask[None, None], scale or q.shape[-1] ** -0.5, cap), (ck, cv)
-        out = jax.nn.dot_product_attention(q, ck, cv, mask=mask[None, None], scale=scale)
+            return _exact_attention(q, ck, cv, mask, scale or q.shape[-1] ** -0.5, cap), (ck, cv)
+        out = jax.nn.dot_product_attention(q, ck, cv, mask=mask, scale=scale)
         return out, (ck, cv)
 
 
@@ -345,15 +347,21 @@ class DecoderLM(nnx.Module):
         start: Any = 0,
         segment_ids: jax.Array | None = None,
         position_ids: jax.Array | None = None,
+        left_pad: jax.Array | None = None,
     ) -> tuple[jax.Array, Cache | None]:
         """Final-norm hidden states [B, T, d]; with ``cache``, positions start at ``start``.
         Packed rows pass ``segment_ids`` and ``position_ids`` [B, T] (core.types.Batch): attention
-        stays inside each segment and rope uses the per-example positions."""
+        stays inside each segment and rope uses the per-example positions. ``left_pad`` [B]
+        (batched generation, with ``cache``): each row's first cache slots are padding, hidden
+        from attention, and its positions count from its first real token."""
         T = input_ids.shape[1]
         x = self.embed_tokens[...][input_ids]
         if self.spec.embed_scale:  # Gemma: sqrt(hidden) rounded to the compute dtype, as transformers
             x = x * jnp.asarray(self.spec.hidden_size**0.5, x.dtype)
         positions = (start + jnp.arange(T))[None] if position_ids is None else position_ids  # [1 or B, T]
+        if left_pad is not None and cache is not None:
+            positions = jnp.maximum(positions - left_pad[:, None], 0)
+            key_mask = jnp.arange(cache[0].shape[2])[None, :] >= left_pad[:, None]
         cos, sin = cos_sin(positions, inv_frequencies(self.spec.rope, self.spec.head_dim), self.dtype)
         local = self._local_rope(positions)
         graphdef, stacked = nnx.split(self.layers)

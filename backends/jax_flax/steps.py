@@ -64,6 +64,7 @@ class Functions:
     eval_loss: Callable
     logits: Callable
     extend: Callable
+    extend_rows: Callable
 
 
 def _packing_kwargs(packing) -> dict[str, Any]:
@@ -121,10 +122,19 @@ def compiled_functions(statics: Statics) -> Functions:
         logits = model.logits(jax.lax.dynamic_slice_in_dim(hidden, last, 1, axis=1))[0, 0]
         return sample_token(logits, key, temperature, top_p), cache
 
+    def extend_rows(lora, frozen, cache, ids, start, left_pad, key, temperature, top_p):
+        """``extend`` for a left-padded batch: every row's newest token is the chunk's last, so
+        one token is sampled per row, each with the same key (as each row alone would)."""
+        model = nnx.merge(graphdef, lora, frozen)
+        hidden, cache = model.hidden_states(ids, cache=cache, start=start, left_pad=left_pad)
+        logits = model.logits(hidden[:, -1:])[:, 0]
+        return jax.vmap(sample_token, in_axes=(0, None, None, None))(logits, key, temperature, top_p), cache
+
     return Functions(
         inner_tx=inner_tx,
         micro_step=jax.jit(micro_step, donate_argnums=(0, 1), out_shardings=replicated),
         eval_loss=jax.jit(eval_loss, out_shardings=replicated),
         logits=jax.jit(logits, out_shardings=replicated),
         extend=jax.jit(extend, donate_argnums=(2,), out_shardings=replicated),
+        extend_rows=jax.jit(extend_rows, donate_argnums=(2,), out_shardings=replicated),
     )

@@ -24,7 +24,7 @@ import torch
 from loraswitch.backends.torch_peft import adapter, optimizer, processes, recompute
 from loraswitch.backends.torch_peft import dropout as portable_dropout
 from loraswitch.backends.torch_peft.attention import attention_choice, attention_context, kernel_used
-from loraswitch.backends.torch_peft.generation import generate_tokens
+from loraswitch.backends.torch_peft.generation import generate_batch_tokens, generate_tokens
 from loraswitch.backends.torch_peft.loss import chunk_loss, chunk_loss_and_grad, target_cross_entropy, target_positions
 from loraswitch.backends.torch_peft.model import Placement, choose_placement, load_base_model, resolve_targets
 from loraswitch.core.adapters import optimizer_state, peft_format
@@ -334,6 +334,31 @@ class TorchBackend:
                 top_p=top_p,
                 seed=seed,
                 stop_ids=tuple(stop_ids),
+            )
+
+    def generate_batch(
+        self,
+        prompts: list[list[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop_ids: tuple[int, ...] = (),
+        pad_id: int = 0,
+    ) -> list[list[int]]:
+        """``generate`` for each prompt, in one left-padded batch with one KV cache."""
+        with self._eval_mode(), self._autocast():
+            return generate_batch_tokens(
+                self.model.get_base_model(),
+                [list(p) for p in prompts],
+                self.placement.device,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                stop_ids=tuple(stop_ids),
+                pad_id=pad_id,
             )
 
     # ------------------------------------------------------------------ files

@@ -27,7 +27,8 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from loraswitch.core.data.jsonl import Message, Record, encodable, parse_record
+from loraswitch.core.data.records import Message, Record, encodable
+from loraswitch.core.data.shapes import parse_record
 from loraswitch.core.errors import UserError
 from loraswitch.core.files.json_file import MAX_JSON_FILE_BYTES, read_json_object
 from loraswitch.core.files.paths import read_bounded, regular_file
@@ -194,9 +195,12 @@ class ChatTokenizer:
             out.extend(self._finish(p, enc, max_seq_len) for p, enc in zip(plans, encodings))
         return out
 
-    def encode_prompt(self, prompt: str | Sequence[dict[str, str] | Message]) -> list[int]:
+    def encode_prompt(
+        self, prompt: str | Sequence[dict[str, str] | Message], tools: Sequence[dict[str, Any]] = ()
+    ) -> list[int]:
         """Ids to generate from: a string becomes one user turn; the template's generation
-        prompt is appended. Without a chat template the string is encoded as is."""
+        prompt is appended (with the tool definitions ``tools``, if any). Without a chat
+        template the string is encoded as is."""
         if isinstance(prompt, str):
             encodable(prompt, "prompt")  # undecodable bytes on the command line arrive as lone surrogates
             if self._template is None:
@@ -206,24 +210,31 @@ class ChatTokenizer:
             messages = [_as_message(m) for m in prompt]
             for i, m in enumerate(messages):
                 encodable(m.content, f"prompt: messages[{i}]: 'content'")
-        text = self.render(messages, add_generation_prompt=True, where="prompt")
+        text = self.render(messages, add_generation_prompt=True, where="prompt", tools=tools)
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def render(self, messages: Sequence[Message], add_generation_prompt: bool = False, where: str = "record") -> str:
-        """The chat template applied to ``messages``; template errors name the record."""
+    def render(
+        self,
+        messages: Sequence[Message],
+        add_generation_prompt: bool = False,
+        where: str = "record",
+        tools: Sequence[dict[str, Any]] = (),
+    ) -> str:
+        """The chat template applied to ``messages`` (and the tool definitions ``tools``);
+        template errors name the record."""
         if self._template is None:
             raise UserError(f"{where}: chat records need a chat template, and {self.source} has none")
         try:
             return self._template.render(
                 **self.template_kwargs,
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=[m.as_template_dict() for m in messages],
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token or "",
                 eos_token=self.eos_token or "",
-                tools=None,
+                tools=[dict(t) for t in tools] or None,
                 documents=None,
             )
         except _TemplateError as e:
@@ -245,11 +256,12 @@ class ChatTokenizer:
             if record.kind == "chat"
             else [Message("user", record.prompt), Message("assistant", record.completion)]
         )
-        text = self.render(messages, where=record.where)
+        text = self.render(messages, where=record.where, tools=record.tools)
+        if record.uses_tools:
+            check_tools_rendered(record, text, self.source)
         # The template writes BOS itself if the model wants one, as transformers assumes.
-        return _Plan(
-            text, tuple(self._assistant_spans(messages, text, record.where)), add_special_tokens=False, append_eos=False
-        )
+        spans = self._assistant_spans(messages, text, record.where, record.tools)
+        return _Plan(text, tuple(spans), add_special_tokens=False, append_eos=False)
 
     def _finish(self, plan: _Plan, enc: Any, max_seq_len: int) -> tuple[TokenizedExample, bool]:
         ids = np.asarray(enc.ids, dtype=np.int32)
@@ -273,7 +285,9 @@ class ChatTokenizer:
             mask[0] = False  # token 0 has nothing before it to be predicted from
         return TokenizedExample(ids.astype(np.int32), mask), truncated
 
-    def _assistant_spans(self, messages: list[Message], full: str, where: str) -> list[_Span]:
+    def _assistant_spans(
+        self, messages: list[Message], full: str, where: str, tools: Sequence[dict[str, Any]] = ()
+    ) -> list[_Span]:
         """Character spans of trained assistant contents (plus their end-of-turn marker) in
         ``full``. Message i's content lies in what rendering messages[:i+1] adds to rendering
         messages[:i]; searching that region from its end skips a header that happens to
@@ -284,8 +298,11 @@ class ChatTokenizer:
         for i, m in enumerate(messages):
             if m.role != "assistant" or not m.train:
                 continue
-            before = self._render_prefix(messages[:i], where)
-            upto = self.render(messages[: i + 1], where=where)
+            if m.tool_calls:
+                spans.append(self._tool_call_span(messages[:i], full, where, tools))
+                continue
+            before = self._render_prefix(messages[:i], where, tools)
+            upto = self.render(messages[: i + 1], where=where, tools=tools)
             lo = _common_prefix_len(before, full)
             hi = len(upto) if full.startswith(upto) else self._next_marker(full, lo)
             span = _find_content(full, m.content, lo, hi)
@@ -299,16 +316,27 @@ class ChatTokenizer:
             spans.append(_Span(span.start, self._end_of_turn(full, span.end)))
         return spans
 
+    def _tool_call_span(self, before: list[Message], full: str, where: str, tools: Sequence[dict[str, Any]]) -> _Span:
+        """An assistant turn that calls tools: everything the model writes after the generation
+        prompt (content, the calls in the template's syntax, the end-of-turn marker) is a target."""
+        try:
+            prompt = self.render(before, add_generation_prompt=True, where=where, tools=tools)
+        except UserError:
+            prompt = ""
+        start = _common_prefix_len(prompt, full)
+        end = self._next_marker(full, start)
+        return _Span(start, self._end_of_turn(full, end))
+
     def _next_marker(self, text: str, pos: int) -> int:
         """Where the first end-of-turn marker at or after ``pos`` starts (the text's end if none)."""
         found = [k for k in (text.find(marker, pos) for marker in self._end_markers) if k >= 0]
         return min(found, default=len(text))
 
-    def _render_prefix(self, messages: list[Message], where: str) -> str:
+    def _render_prefix(self, messages: list[Message], where: str, tools: Sequence[dict[str, Any]] = ()) -> str:
         if not messages:
             return ""
         try:
-            return self.render(messages, where=where)
+            return self.render(messages, where=where, tools=tools)
         except UserError:
             # Some templates refuse a conversation that does not yet satisfy them (e.g. must
             # start with user); the search region then starts at 0, still correct via rfind.
@@ -324,6 +352,29 @@ class ChatTokenizer:
             if text.startswith(marker, j):
                 return j + len(marker)
         return pos
+
+
+def check_tools_rendered(record: Record, text: str, source: str) -> None:
+    """A template without tool support silently drops calls, tool results or definitions;
+    training on that text would teach the wrong thing, so refuse naming the message."""
+    from loraswitch.core.data.tool_calls import tool_name
+
+    for i, m in enumerate(record.messages):
+        missing = [tool_name(c) for c in m.tool_calls if tool_name(c) not in text]
+        if missing:
+            raise UserError(
+                f"{record.where}: messages[{i}]: the chat template of {source} does not render tool calls "
+                f"({missing[0]!r} is missing from its output); use a model whose template supports tools"
+            )
+        if m.role == "tool" and m.content.strip() and m.content.strip() not in text:
+            raise UserError(
+                f"{record.where}: messages[{i}]: the chat template of {source} does not render tool messages"
+            )
+    for j, t in enumerate(record.tools):
+        if tool_name(t) and tool_name(t) not in text:
+            raise UserError(
+                f"{record.where}: 'tools'[{j}]: the chat template of {source} does not render tool definitions"
+            )
 
 
 def _find_content(full: str, content: str, lo: int, hi: int) -> _Span | None:

@@ -8,12 +8,12 @@ side to the other, and a resumed run sees exactly the split of the run it contin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from loraswitch.core.data.jsonl import Record, read_jsonl
+from loraswitch.core.data.records import Record
+from loraswitch.core.data.sources import data_fingerprint, read_records
 from loraswitch.core.errors import UserError
 from loraswitch.core.types import TokenizedExample
 
@@ -56,9 +56,9 @@ def load_datasets(config: Config, tokenizer: ChatTokenizer) -> Datasets:
     """Read config.data (and config.validation_data), split, tokenise and truncate."""
     if not config.data:
         raise UserError("data: no training data file given; set data: path/to/train.jsonl")
-    records = read_jsonl(config.data)
+    records = read_config_records(config, config.data)
     if config.validation_data:
-        val_records = read_jsonl(config.validation_data)
+        val_records = read_config_records(config, config.validation_data)
         train_records = records
     else:
         train_idx, val_idx = split_indices(len(records), config.training_split, config.seed)
@@ -105,12 +105,18 @@ def _tokenize(
     return out
 
 
-def data_fingerprint(path: str | Path) -> str:
-    """sha256 of a data file, for the run directory: resume checks the data did not change."""
-    import hashlib
+def read_config_records(config: Config, source: str) -> list[Record]:
+    """The records of one data source, read with the config's data_format and data_fields."""
+    return read_records(source, config.data_format, config.data_fields)
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+
+def config_fingerprint(config: Config) -> dict[str, str]:
+    """data_sha256 of the run directory: each data source's fingerprint (sources.py)."""
+    return {
+        key: data_fingerprint(getattr(config, key), config.data_format, config.data_fields)
+        for key in ("data", "validation_data")
+        if getattr(config, key)
+    }
+
+
+__all__ = ["Datasets", "config_fingerprint", "data_fingerprint", "load_datasets", "split_indices"]

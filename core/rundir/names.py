@@ -14,6 +14,8 @@ uses these constants, never the literals::
     wandb/             W&B's run files, offline runs included (report_to: wandb)
     samples.json       sample answers before and after training (written by the quickstart)
     quickstart.json    the quickstart's before/after exact match
+    evaluation.jsonl   `loraswitch evaluate RUN_DIR`: one line per generated example (prediction, reference, metrics)
+    evaluation.json    `loraswitch evaluate RUN_DIR`: the loss and each metric's mean
     report.html        `loraswitch report RUN_DIR`'s default output
 """
 
@@ -35,6 +37,8 @@ MLFLOW_ARTIFACTS = "mlartifacts"
 WANDB = "wandb"
 SAMPLES = "samples.json"
 QUICKSTART = "quickstart.json"
+EVALUATION_EXAMPLES = "evaluation.jsonl"
+EVALUATION = "evaluation.json"
 REPORT = "report.html"
 KEEP_CHECKPOINTS = 2
 MIN_FREE_BYTES = 64 * 1024 * 1024

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from loraswitch.core.config import Config, validate
 from loraswitch.core.errors import UserError
 from loraswitch.core.files import atomic
-from loraswitch.core.files.paths import regular_file, resolved
+from loraswitch.core.files.paths import resolved
 from loraswitch.core.plugins import call_hook, check_trackers, create_backend
 from loraswitch.core.rundir import checkpoints, layout, names
 from loraswitch.core.rundir.adapter_settings import write_adapter_settings
@@ -149,16 +149,14 @@ class Recipe:
     def _load_data(self) -> None:
         from loraswitch.core.data.batching import pack
         from loraswitch.core.data.chat_tokenizer import ChatTokenizer
-        from loraswitch.core.data.dataset import data_fingerprint, load_datasets
+        from loraswitch.core.data.dataset import config_fingerprint, load_datasets
         from loraswitch.core.models.sources import resolve_model
 
         config = self.config
         self.source = resolve_model(config.model)
         self.tokenizer = ChatTokenizer.from_dir(self.source.path, config.chat_template_kwargs)
         self.data = load_datasets(config, self.tokenizer)
-        self.fingerprint = {
-            key: data_fingerprint(getattr(config, key)) for key in ("data", "validation_data") if getattr(config, key)
-        }
+        self.fingerprint = config_fingerprint(config)
         # Packing happens once, before shuffling: the rows are then fixed, so the epoch plan (and a
         # resumed run's position in it) does not depend on the order.
         self.rows: Sequence[Row] = pack(self.data.train, config.max_seq_len) if config.packing else self.data.train
@@ -454,11 +452,9 @@ def _absolute_paths(config: Config) -> Config:
     """Data files and a local model directory as absolute paths, so --resume and
     ``loraswitch evaluate RUN_DIR`` work from any working directory (a no-op when resuming:
     config.yaml already holds them)."""
-    update = {
-        k: str(resolved(regular_file(getattr(config, k), what="data file")))
-        for k in ("data", "validation_data")
-        if getattr(config, k)
-    }
+    from loraswitch.core.data.sources import absolute_source
+
+    update = {k: absolute_source(getattr(config, k)) for k in ("data", "validation_data") if getattr(config, k)}
     if Path(config.model).expanduser().is_dir():
         update["model"] = str(resolved(config.model))
     return config.model_copy(update=update)

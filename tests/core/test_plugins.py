@@ -99,7 +99,7 @@ def test_unknown_backend_names_the_plugin_that_LORASWITCH_PLUGINS_hides(monkeypa
 
 
 def test_core_imports_no_framework():
-    """Every core module, the plugin loader and the backend registry stay free of torch/jax/flax."""
+    """Every core module, the plugin loader and the backend registry stay free of torch/jax/flax (and of datasets, the data extra)."""
     code = textwrap.dedent("""
         import importlib, pkgutil, sys
         from loraswitch import core
@@ -107,7 +107,7 @@ def test_core_imports_no_framework():
             importlib.import_module(m.name)
         from loraswitch.core import plugins
         plugins.get_backends(); plugins.get_plugins()
-        print(sorted(m for m in ("torch", "jax", "flax", "optax", "transformers", "peft") if m in sys.modules))
+        print(sorted(m for m in ("torch", "jax", "flax", "optax", "transformers", "peft", "datasets", "pyarrow") if m in sys.modules))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -12,6 +12,8 @@ the run's HTML report, RUN_DIR/report.html (`loraswitch report`).
 
 from __future__ import annotations
 
+from loraswitch.core.training.generation import DEFAULT_BATCH_SIZE
+
 HELP = "fine-tune the built-in model on the bundled task and compare before/after"
 TAKES_OVERRIDES = True
 DEFAULT_CONFIG = "examples/quickstart.yaml"
@@ -34,6 +36,13 @@ def add_arguments(p) -> None:
         metavar="N",
         help="generation budget per answer (the answers are ~15 tokens)",
     )
+    p.add_argument(
+        "--generate_batch_size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"held-out prompts generated together (default {DEFAULT_BATCH_SIZE}; 1: one at a time)",
+    )
     p.epilog = "Any config key can be given as --KEY VALUE; the run is overwritten if it exists."
 
 
@@ -43,7 +52,7 @@ def run(args) -> int:
 
     from loraswitch.core.cli.commands._inference import load_for_inference
     from loraswitch.core.config import resolve
-    from loraswitch.core.data.jsonl import read_jsonl
+    from loraswitch.core.data.sources import read_records
     from loraswitch.core.files.atomic import atomic_write_json
     from loraswitch.core.plugins import check_trackers
     from loraswitch.core.report import write_report
@@ -51,15 +60,16 @@ def run(args) -> int:
     from loraswitch.core.training.engine import train
     from loraswitch.core.training.stopping import StopReason
 
+    _check_batch_size(args.generate_batch_size)
     config = resolve(args.config, args.overrides)
     check_trackers(config.report_to)  # before minutes of measuring, not after
-    heldout = read_jsonl(args.heldout)
+    heldout = read_records(args.heldout, config.data_format, config.data_fields)
     t0 = time.perf_counter()
     backend, tokenizer, _ = load_for_inference(
         model=config.model, backend_name=config.backend, adapter=None, extra=_lora_keys(config)
     )
     # LoRA B starts at zero, so the freshly loaded model is exactly the base model.
-    before = _measure(backend, tokenizer, heldout, args.max_new_tokens)
+    before = _measure(backend, tokenizer, heldout, args)
     _report("before (base model)", before)
 
     summary = train(config, overwrite=True)
@@ -67,7 +77,7 @@ def run(args) -> int:
         print(f"quickstart: training stopped ({summary['stop_reason']}); see {config.output_dir}")
         return 1
     backend.load_adapter(Path(config.output_dir) / "adapter")
-    after = _measure(backend, tokenizer, heldout, args.max_new_tokens)
+    after = _measure(backend, tokenizer, heldout, args)
     _report("after (with the adapter)", after)
 
     result = {
@@ -76,6 +86,9 @@ def run(args) -> int:
         "heldout": args.heldout,
         "exact_match_before": before["exact_match"],
         "exact_match_after": after["exact_match"],
+        "heldout_eval_s_before": before["seconds"],
+        "heldout_eval_s_after": after["seconds"],
+        "generate_batch_size": args.generate_batch_size,
         "samples_before": before["samples"],
         "samples_after": after["samples"],
         "train_steps": summary["steps"],
@@ -93,6 +106,13 @@ def run(args) -> int:
     print(f"report: {report}")
     print(next_steps(str(config.output_dir)))
     return 0
+
+
+def _check_batch_size(n: int) -> None:
+    from loraswitch.core.errors import UserError
+
+    if n <= 0:
+        raise UserError(f"--generate_batch_size {n}: must be a positive integer")
 
 
 def _samples(args, before: dict, after: dict) -> dict:
@@ -118,21 +138,43 @@ def next_steps(run_dir: str) -> str:
 
 
 def _lora_keys(config) -> dict:
-    keys = ("lora_r", "lora_alpha", "lora_target_modules", "use_rslora", "precision", "seed", "max_seq_len")
+    keys = (
+        "lora_r",
+        "lora_alpha",
+        "lora_target_modules",
+        "use_rslora",
+        "precision",
+        "seed",
+        "max_seq_len",
+        "chat_template_kwargs",  # the held-out prompts are rendered as training renders them
+    )
     return {k: getattr(config, k) for k in keys}
 
 
-def _measure(backend, tokenizer, records, max_new_tokens: int) -> dict:
+def _measure(backend, tokenizer, records, args) -> dict:
+    """Exact match on the held-out records, two sample answers and the seconds it took."""
+    import time
+
+    from loraswitch.core.errors import UserError
     from loraswitch.core.training.evaluation import exact_match
 
     samples: list[dict] = []
-    rate, _ = exact_match(
-        backend, tokenizer, records, max_new_tokens=max_new_tokens, samples=samples, n_samples=N_SAMPLES
+    t0 = time.perf_counter()
+    measured = exact_match(
+        backend,
+        tokenizer,
+        records,
+        max_new_tokens=args.max_new_tokens,
+        samples=samples,
+        n_samples=N_SAMPLES,
+        batch_size=args.generate_batch_size,
     )
-    return {"exact_match": rate, "samples": samples}
+    if measured is None:
+        raise UserError(f"{args.heldout}: no record has a prompt and a reference answer to measure")
+    return {"exact_match": measured[0], "samples": samples, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _report(title: str, measured: dict) -> None:
-    print(f"\n== {title}: exact match {measured['exact_match']:.1%}")
+    print(f"\n== {title}: exact match {measured['exact_match']:.1%} ({measured['seconds']:.1f} s)")
     for s in measured["samples"]:
         print(f"  prompt:    {s['prompt']!r}\n  answer:    {s['answer']!r}\n  reference: {s['reference']!r}")

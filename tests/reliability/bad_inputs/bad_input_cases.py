@@ -528,6 +528,49 @@ CASES: list[Case] = [
         },
     ),
     Case(
+        "data-alpaca-missing-output",
+        TRAIN + ["--data", "{d}/bad.jsonl"],
+        "bad.jsonl:2: an Alpaca record needs 'instruction' and 'output'; 'output' is missing",
+        files={"bad.jsonl": jsonl({"instruction": "a", "output": "b"}, {"instruction": "c", "input": "d"})},
+    ),
+    Case(
+        "data-json-array-item",
+        TRAIN + ["--data", "{d}/bad.json"],
+        "{d}/bad.json[1]: conversations[0]: 'from' 'robot' is not one of human, gpt, system",
+        files={"bad.json": json.dumps([GOOD, {"conversations": [{"from": "robot", "value": "x"}]}])},
+    ),
+    Case(
+        "data-csv-row",
+        TRAIN + ["--data", "{d}/bad.csv", "--data_format", "prompt_completion"],
+        "{d}/bad.csv: row 0: a prompt/completion record needs both keys; 'completion' is missing",
+        files={"bad.csv": "prompt,answer\n1+1,2\n2+2,4\n"},
+    ),
+    Case(
+        "data-tool-call-arguments",
+        TRAIN + ["--data", "{d}/bad.jsonl"],
+        "bad.jsonl:1: messages[1]: tool_calls[0]: 'function.arguments': not valid JSON",
+        files={
+            "bad.jsonl": jsonl(
+                {
+                    "messages": [
+                        {"role": "user", "content": "a"},
+                        {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{x"}}]},
+                    ]
+                }
+            )
+        },
+    ),
+    Case(
+        "data-hf-not-cached",
+        TRAIN + ["--data", "hf:nobody/nothing"],
+        "data: hf:nobody/nothing is not in the local datasets cache",
+    ),
+    Case(
+        "config-data-fields-unknown",
+        TRAIN + ["--data_fields", "{{answer: a}}"],
+        "'answer' is not a field loraswitch reads",
+    ),
+    Case(
         "data-empty",
         TRAIN + ["--data", "{d}/bad.jsonl"],
         "{d}/bad.jsonl: data file has no records",
@@ -563,7 +606,8 @@ CASES: list[Case] = [
         "the training split has no example with a target token left after truncation to max_seq_len 8",
         files={"bad.jsonl": jsonl(*[{"prompt": "a long prompt " * 4, "completion": "x"}] * 5)},
     ),
-    Case("data-is-a-directory", TRAIN + ["--data", "{d}"], "{d}: data file is a directory, not a regular file"),
+    # a directory is read as a datasets save_to_disk directory (docs/data.md); this one is not one
+    Case("data-is-a-directory", TRAIN + ["--data", "{d}"], "{d}: not a datasets save_to_disk directory"),
     Case(
         "data-validation-file-missing",
         TRAIN + ["--validation_data", "{d}/nope.jsonl"],
