@@ -340,7 +340,8 @@ def test_generate_with_cache_matches_full_forward(tiny_dir, nonzero_adapter):
     ids = np.array([prompt + new], np.int32)
     logits = backend.logits(Batch(ids, np.ones_like(ids), ids))
     assert list(logits[0, len(prompt) - 1 : -1].argmax(-1)) == new
-    assert backend.generate(prompt, max_new_tokens=4, stop_ids=(new[2],)) == new[:2]
+    # generation stops before the first occurrence of a stop id (greedy output may repeat tokens)
+    assert backend.generate(prompt, max_new_tokens=4, stop_ids=(new[2],)) == new[: new.index(new[2])]
     sampled = backend.generate(prompt, max_new_tokens=8, temperature=1.5, seed=1)
     assert sampled == backend.generate(prompt, max_new_tokens=8, temperature=1.5, seed=1)
     assert sampled != backend.generate(prompt, max_new_tokens=8, temperature=1.5, seed=2)
