@@ -152,7 +152,7 @@ class Attention(nnx.Module):
         # Only passed when it matters (windows shorter than the sequence), which also keeps jax
         # versions without ``local_window_size`` working for full attention.
         extra = {"local_window_size": (shared - 1, 0)} if shared is not None and T > shared else {}
-        if self.options.attention == "cudnn":
+        if self.options.attention == "cudnn" and T % 2 == 0:  # cuDNN's training kernels refuse odd lengths
             return jax.nn.dot_product_attention(q, k, v, is_causal=True, scale=scale, implementation="cudnn", **extra)
         mask = None if key_mask is None else key_mask[:, None, None, :].astype(bool)
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, scale=scale, **extra)
@@ -175,7 +175,7 @@ class Attention(nnx.Module):
                 mask &= pos[None, None, :] > pos[None, :, None] - shared
             return _exact_attention(q, k, v, mask[:, None], scale or q.shape[-1] ** -0.5, cap)
         extra = {"local_window_size": (shared - 1, 0)} if shared is not None and T > shared else {}
-        if self.options.packed_attention == "cudnn" and window is None:
+        if self.options.packed_attention == "cudnn" and window is None and T % 2 == 0:
             extra["implementation"] = "cudnn"
         return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], is_causal=True, scale=scale, **extra)
 

@@ -2,7 +2,8 @@
 
 They change speed and memory, never the loss (beyond bf16 rounding), so they are not config keys:
 
-  LORASWITCH_JAX_ATTENTION   auto | cudnn | xla      (auto: cudnn on GPU with bf16, else xla)
+  LORASWITCH_JAX_ATTENTION   auto | cudnn | xla      (auto: cudnn on GPU with bf16, else xla; a
+                             row of odd length takes xla: cuDNN's training kernels refuse it)
   LORASWITCH_JAX_REMAT       auto | none | dots | dots+fused | full | names:a,b   overrides the
                              config's gradient_checkpointing for experiments: rematerialisation
                              of each layer in the backward pass (names: save only these
