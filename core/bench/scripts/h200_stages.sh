@@ -9,6 +9,7 @@
 #   ckpt-1b       llama-1b: torch and jax with gradient_checkpointing dots, then full
 #   ckpt-8b       llama-8b: torch and jax with gradient_checkpointing full (the 24 GiB target)
 #   gemma-1b      gemma3-1b: hf-reference, torch, jax
+#   gemma-torch   gemma3-1b: torch alone, with a longer time limit for its compile
 #   qwen-1b       qwen3-1.7b: hf-reference, torch, jax
 #   packing       llama-1b on real-length rows (lognormal median 400): hf-reference pads each
 #                 micro-batch, torch and jax pack
@@ -56,6 +57,7 @@ for stage in "$@"; do
             bench ckpt-1b-full --shape $s1 --systems torch,jax --gradient_checkpointing full --steps 3 --warmup_steps 2 --timeout_s 200 ;;
         ckpt-8b) bench ckpt-8b --shape $s8 --systems torch,jax --gradient_checkpointing full --steps 2 --warmup_steps 1 --timeout_s 300 ;;
         gemma-1b) bench gemma-1b --shape $sg --systems hf-reference,torch,jax --steps 3 --warmup_steps 2 --timeout_s 240 ;;
+        gemma-torch) bench gemma-torch --shape $sg --systems torch --steps 3 --warmup_steps 2 --timeout_s 330 ;;
         qwen-1b) bench qwen-1b --shape $sq --systems hf-reference,torch,jax --steps 3 --warmup_steps 2 --timeout_s 240 ;;
         packing) bench packing --shape $s1 --systems hf-reference,torch,jax --lengths lognormal:400:0.9:32:2048 --steps 3 --warmup_steps 2 --timeout_s 300 ;;
         packing-exact)
