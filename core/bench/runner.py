@@ -135,8 +135,8 @@ def derive(results: list[dict[str, Any]], settings: BenchSettings) -> None:
         if r["status"] != "ok":
             continue
         on_gpu = r["info"].get("device_type") == "gpu"
-        # MFU against a GPU's peak means nothing for a CPU run.
-        r["mfu"] = r["tokens_per_s"] * fpt / settings.peak_flops if on_gpu else None
+        # MFU against a GPU's peak means nothing for a CPU run; a scaling row's peak is its devices' sum.
+        r["mfu"] = r["tokens_per_s"] * fpt / (settings.peak_flops * r.get("devices", 1)) if on_gpu else None
         r["loss_finite"] = math.isfinite(r["loss"])
         same_as_peer = peer is not None and _same_job(r, peer)
         r["ratio_to_hf_compile"] = _speed(r, settings) / _speed(peer, settings) if peer and same_as_peer else None

@@ -109,6 +109,10 @@ def test_derive_ratio_mfu_and_loss_agreement():
     assert jax_["ratio_to_hf_reference"] == pytest.approx(2.2)
     fpt = protocol.flops_per_token(shape_config("llama-1b"), 2048)
     assert jax_["mfu"] == pytest.approx(76_120 * fpt / 790e12)
+    two = _ok("jax", 136_254, 12.19)
+    two["devices"] = 2
+    runner.derive([two], s)
+    assert two["mfu"] == pytest.approx(136_254 / 2 * fpt / 790e12)  # per device: two devices' peak
     assert jax_["loss_matches_hf_reference"] is True
     assert torch_["loss_matches_hf_reference"] is False  # a fast wrong loss is flagged
     # a system on another kind of device is not compared, and gets no GPU MFU
