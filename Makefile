@@ -41,12 +41,13 @@ install: $(VENV)/.installed $(CHROMIUM)
 demo: $(VENV)/.installed
 	$(BIN)/loraswitch quickstart --backend $(BACKEND)
 
-# Lint, format and types first (seconds), then the tests.
+# Lint, format and types first (seconds), then the tests: two workers (pytest-xdist), one
+# OpenMP thread each (a second thread per worker only spins at barriers on a 2-core machine).
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 # Mutation testing, run by hand (not in CI): cosmic-ray goes into .venv only, not into the
 # project's dependencies. About an hour on 2 cores; what survived last time: docs/mutation.md.

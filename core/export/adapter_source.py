@@ -3,8 +3,9 @@
 Every backend writes peft's files (adapter_config.json + adapter_model.safetensors with keys
 ``base_model.model.<module path>.lora_A.weight`` [r, in] and ``...lora_B.weight`` [out, r]), so
 one reader serves adapters from torch, jax, numpy and peft itself. It is generic over module
-paths: nothing here knows a model family. When the PEFT-format code moves into one shared core
-module, this function is the single place to re-point.
+paths: nothing here knows a model family. adapter_config.json is read by the one adapter contract
+(``core.adapters.peft_format``), so merge accepts, refuses and defaults exactly what the backends do;
+this module only adds the float32 (A, B) pairs a merge folds in.
 """
 
 from __future__ import annotations
@@ -12,24 +13,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from loraswitch.core.adapters import peft_format
 from loraswitch.core.errors import UserError
-from loraswitch.core.files.json_file import read_json_object
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-_PREFIX = "base_model.model."
+WEIGHTS_FILE = peft_format.WEIGHTS_FILE
+_PREFIX = peft_format.PREFIX
 _SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B"}
-# settings that change what the adapter computes, and the value merging supports
-_UNSUPPORTED = (
-    ("use_dora", False),
-    ("fan_in_fan_out", False),
-    ("bias", "none"),
-    ("modules_to_save", None),
-)
 
 
 @dataclass
@@ -55,31 +47,10 @@ class LoraAdapter:
 def read_lora_adapter(directory: Path) -> LoraAdapter:
     """The adapter in ``directory``, every setting and tensor checked (one-line UserErrors)."""
     directory = Path(directory)
-    config = read_json_object(
-        directory / CONFIG_FILE, if_missing=f"a PEFT adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}"
-    )
-    r, alpha, use_rslora = _check_config(config, directory / CONFIG_FILE)
-    base = config.get("base_model_name_or_path")
-    adapter = LoraAdapter(directory, r, alpha, use_rslora, base if isinstance(base, str) and base else None)
-    adapter.modules = _read_modules(directory / WEIGHTS_FILE, r)
+    config = peft_format.read_adapter_config(directory)
+    adapter = LoraAdapter(directory, config.r, config.lora_alpha, config.use_rslora, config.base_model_name_or_path)
+    adapter.modules = _read_modules(directory / WEIGHTS_FILE, config.r)
     return adapter
-
-
-def _check_config(config: dict[str, Any], path: Path) -> tuple[int, float, bool]:
-    if config.get("peft_type", "LORA") != "LORA":
-        raise UserError(f"{path}: peft_type {config.get('peft_type')!r} is not LORA; only LoRA adapters merge")
-    for key, ok in _UNSUPPORTED:
-        if config.get(key, ok) not in (ok, [] if ok is None else ok):
-            raise UserError(f"{path}: {key} = {config[key]!r} is not supported for merging (expected {ok!r})")
-    for key in ("rank_pattern", "alpha_pattern"):
-        if config.get(key):
-            raise UserError(f"{path}: {key} is not supported for merging (one r and lora_alpha for all modules)")
-    r, alpha = config.get("r"), config.get("lora_alpha", config.get("r"))
-    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-        raise UserError(f"{path}: 'r' must be a positive integer, got {r!r}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
-        raise UserError(f"{path}: 'lora_alpha' must be a number, got {alpha!r}")
-    return r, float(alpha), bool(config.get("use_rslora", False))
 
 
 def _read_modules(path: Path, r: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -113,7 +84,7 @@ def _read_modules(path: Path, r: int) -> dict[str, tuple[np.ndarray, np.ndarray]
         a, b = pair["A"], pair["B"]
         if a.shape[0] != r or b.shape[1] != r:
             raise UserError(
-                f"{path}: {module} has lora_A {list(a.shape)} and lora_B {list(b.shape)}, but r = {r} ({CONFIG_FILE})"
+                f"{path}: {module} has lora_A {list(a.shape)} and lora_B {list(b.shape)}, but r = {r} ({peft_format.CONFIG_FILE})"
             )
         modules[module] = (a.astype(np.float32), b.astype(np.float32))
     return modules

@@ -936,7 +936,7 @@ CASES: list[Case] = [
     Case(
         "merge-dora-adapter",
         ["merge", "--adapter", "{d}/adapter", "--out", "{d}/merged"],
-        "{d}/adapter/adapter_config.json: use_dora = True is not supported for merging",
+        "{d}/adapter/adapter_config.json: use_dora = True is not supported",
         prepare=tiny_adapter(use_dora=True),
     ),
     Case(
