@@ -65,6 +65,11 @@ class SafetensorsFiles:
         return np.memmap(file, dtype=dtype, mode="r", offset=data_start + start, shape=tuple(shape))
 
 
+def _unstacked_names(spec: ModelSpec) -> list[str]:
+    """The tensors that are not per layer: embedding, final norm and (untied) lm_head."""
+    return ["model.embed_tokens.weight", "model.norm.weight"] + ([] if spec.tie_word_embeddings else ["lm_head.weight"])
+
+
 def load_weights(path: Path, spec: ModelSpec, dtype, layout: Layout) -> dict[str, jax.Array]:
     """The arrays ``model.DecoderLM`` takes, read from the HF names of ``path``, placed on ``layout``."""
     files = SafetensorsFiles(weight_files(path), path)
@@ -91,11 +96,8 @@ def load_weights(path: Path, spec: ModelSpec, dtype, layout: Layout) -> dict[str
 
         return put_from(full, layout.weight(full, stacked=True), read)
 
-    whole = ["model.embed_tokens.weight", "model.norm.weight"] + (
-        [] if spec.tie_word_embeddings else ["lm_head.weight"]
-    )
     shapes = spec.tensor_shapes()
-    out = {name: plain(name, shapes[name]) for name in whole}
+    out = {name: plain(name, shapes[name]) for name in _unstacked_names(spec)}
     for name, hf_shape in spec.layer_tensors().items():
         kernel = len(hf_shape) == 2  # linear weights: transposed to [in, out]
         shape = hf_shape[::-1] if kernel else hf_shape
@@ -110,9 +112,7 @@ def random_weights(spec: ModelSpec, dtype, seed: int, layout: Layout) -> dict[st
     L = spec.num_layers
     shapes = spec.tensor_shapes()
     out = {}
-    for name in ["model.embed_tokens.weight", "model.norm.weight"] + (
-        [] if spec.tie_word_embeddings else ["lm_head.weight"]
-    ):
+    for name in _unstacked_names(spec):
         keys = np.array([random_values.tensor_keys(seed, name)], np.uint32)  # [1, 2]
         out[name] = _draw(name, shapes[name], dtype, keys, layout.weight(shapes[name], stacked=False), stacked=False)
     for name, hf_shape in spec.layer_tensors().items():

@@ -7,6 +7,8 @@ embedding never needs a full-size int64 temporary.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from loraswitch.core.models import random_values
@@ -39,11 +41,13 @@ def fill_rows(out: torch.Tensor, seed: int, name: str, full_shape: tuple[int, ..
         flat[r : r + n_rows].copy_(values.view(n_rows, -1).to(out.dtype))
 
 
-def fill_model(causal_lm: torch.nn.Module, seed: int) -> None:
+def fill_model(causal_lm: torch.nn.Module, seed: int, local_rows: Callable | None = None) -> None:
     """Every base parameter of a (possibly peft-wrapped) causal LM, by its HF name; LoRA
-    weights are left alone (the core's initial adapter goes there)."""
+    weights are left alone (the core's initial adapter goes there). ``local_rows(param)`` gives
+    (this process's tensor, its first row) of a sharded parameter; default: the whole tensor."""
     with torch.no_grad():
         for name, param in causal_lm.named_parameters():
             if ".lora_A." in name or ".lora_B." in name:
                 continue
-            fill_rows(param.data, seed, name.replace(".base_layer.", "."), tuple(param.shape))
+            local, first_row = local_rows(param) if local_rows is not None else (param.data, 0)
+            fill_rows(local, seed, name.replace(".base_layer.", "."), tuple(param.shape), first_row)

@@ -69,7 +69,8 @@ def load_sharded_peft_model(
     _rebuild_buffers(causal_lm, placement.device)
     with torch.no_grad():
         if model.random_init:
-            _fill_random(causal_lm, model.init_seed)
+            # each process draws only its own rows: the model every backend and device count draws
+            random_init.fill_model(causal_lm, model.init_seed, lambda p: _local_rows(p)[:2])
         else:
             _load_shards(causal_lm, model)
     return peft_model
@@ -138,13 +139,3 @@ def _load_shards(causal_lm: torch.nn.Module, model: ModelSource) -> None:
                 local.copy_(handles[file].get_slice(key)[start : start + rows].to(local.dtype))
     finally:
         handles.clear()
-
-
-def _fill_random(causal_lm: torch.nn.Module, init_seed: int) -> None:
-    """random: models: each process draws only its own rows of the core's random values, so the
-    model is the one every other backend and device count draws (random_values)."""
-    for name, param in causal_lm.named_parameters():
-        if ".lora_A." in name or ".lora_B." in name:
-            continue
-        local, start, rows = _local_rows(param)
-        random_init.fill_rows(local, init_seed, _weight_key(name), tuple(param.shape), start)
