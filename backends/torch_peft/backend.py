@@ -1,6 +1,6 @@
 """TorchBackend: the core's Backend protocol on transformers + peft.
 
-The hot path (``micro_step``) is: decoder forward (optionally torch.compile'd) -> gather the rows
+The hot path (``micro_step``) is: decoder forward (each layer optionally torch.compile'd) -> gather the rows
 that predict a target -> chunked cross-entropy through the frozen lm_head -> backward, and on
 the window's last micro-batch one fused AdamW step. Nothing in it waits for the device: the
 returned loss stays a tensor until the engine converts it once per window.
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loraswitch.backends.torch_peft import adapter, optimizer, processes, recompute
+from loraswitch.backends.torch_peft import adapter, layer_calls, optimizer, processes
 from loraswitch.backends.torch_peft import dropout as portable_dropout
 from loraswitch.backends.torch_peft.attention import attention_choice, attention_context, kernel_used
 from loraswitch.backends.torch_peft.generation import generate_batch_tokens, generate_tokens
@@ -128,15 +128,11 @@ class TorchBackend:
         causal_lm = self.model.get_base_model()
         self.decoder, self.head = causal_lm.model, causal_lm.lm_head
         self.checkpointing = self._checkpointing_policy(model, config)
-        recompute.apply(self.decoder.layers, self.checkpointing)
-
-        self._hidden_fn = self._decoder_hidden
+        # Under FSDP2 the layers' hooks (which gather and free the shards) stay outside the
+        # compiled code: only each layer's own forward is compiled (layer_calls.py).
+        layer_calls.install(self.decoder.layers, self.checkpointing, compile=self.placement.compile)
         self._loss_fn, self._loss_and_grad_fn = chunk_loss, chunk_loss_and_grad
         if self.placement.compile:
-            # Under FSDP2 the decoder's forward runs collectives in module hooks; it stays eager
-            # (the loss, on whole local tensors, is still compiled).
-            if not sharded:
-                self._hidden_fn = torch.compile(self._decoder_hidden)
             self._loss_fn = torch.compile(chunk_loss)
             self._loss_and_grad_fn = torch.compile(chunk_loss_and_grad)
 
@@ -278,8 +274,8 @@ class TorchBackend:
             # and builds a causal mask that never crosses them, with the model's sliding windows:
             # for SDPA one boolean [B, 1, T, T] mask shared by the heads (attention.py).
             attention_mask, position_ids = None, self._to_device(np.asarray(batch.position_ids, dtype=np.int64))
-        with self._autocast(), self._attention():
-            hidden = self._hidden_fn(input_ids, attention_mask, position_ids)
+        with self._autocast(), self._attention(), layer_calls.compiled_calls():
+            hidden = self._decoder_hidden(input_ids, attention_mask, position_ids)
         hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, self._to_device(rows))
         tokens = None  # an adapted lm_head's portable dropout needs the global index of each row
         if self._dropout_keys is not None:

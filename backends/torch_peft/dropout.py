@@ -58,11 +58,14 @@ class PortableDropout(torch.nn.Module):
         self.rate, self.layer, self.module = rate, layer, module
         self.threshold, self.scale = portable.threshold(rate), portable.scale(rate)
         self.keys = keys  # a plain attribute, not a buffer: not saved, not broadcast by DDP
+        # This module's row of the table, as a view: a tensor input to a compiled layer, where the
+        # Python ints (layer, module) would be constants, one compiled graph per layer.
+        self.key = keys.table[layer, module]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        keys = self.keys.table[self.layer, self.module]
+        keys = self.key
         features = torch.arange(x.shape[-1], device=x.device, dtype=torch.int64)
         hashes = portable.element_hash(keys[0], keys[1], self._tokens(x), features, wide=True)
         return torch.where(hashes >= self.threshold, x * self.scale, torch.zeros((), dtype=x.dtype, device=x.device))

@@ -45,7 +45,7 @@ class HFReference:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from loraswitch.backends.torch_peft import recompute
+        from loraswitch.backends.torch_peft import layer_calls
         from loraswitch.backends.torch_peft.model import attention_implementation
         from loraswitch.core.models import families
 
@@ -88,7 +88,7 @@ class HFReference:
         # auto: the baseline as users run it, nothing recomputed; a named policy: the same layers
         # recomputed the same way as in the loraswitch systems (like for like).
         self.checkpointing = "off" if s.gradient_checkpointing == "auto" else s.gradient_checkpointing
-        if recompute.apply(model.model.layers, self.checkpointing):
+        if layer_calls.install(model.model.layers, self.checkpointing):
             model.config.use_cache = False  # as transformers' own switch does: a KV cache is global state
         self.forward = self.model
         if self.variant == "compile":

@@ -2,7 +2,7 @@
 
 Each decoder layer's forward runs under ``torch.utils.checkpoint`` (non-reentrant: it works with
 a frozen base, torch.compile, DDP, and FSDP2, whose hooks stay outside on the module's
-``__call__``). The wrapping is ours rather than transformers' switch because that switch was
+``__call__``); layer_calls.py installs it. The wrapping is ours rather than transformers' switch because that switch was
 renamed between the versions we support (``gradient_checkpointing_enable`` became
 ``activation_checkpointing_enable``) and has no selective policy.
 
@@ -17,8 +17,6 @@ checkpoint restores torch's RNG state for the framework's masks; random ops are 
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 
@@ -51,23 +49,16 @@ def _dots_context():
     return create_selective_checkpoint_contexts(policy)
 
 
-def apply(layers: torch.nn.ModuleList, policy: str) -> int:
-    """Wrap every layer's forward for ``policy`` (off | full | dots); returns how many."""
-    if policy == "off":
-        return 0
+def run_layer(layer: torch.nn.Module, policy: str, *args, **kwargs):
+    """``layer``'s own forward under ``policy`` (off | full | dots); nothing is recomputed when
+    no gradient is taken (evaluation, generation). The layer is an argument, not a closure, so one
+    torch.compile of this function serves every layer of the decoder (layer_calls.py)."""
+    forward = type(layer).forward
+    if policy == "off" or not torch.is_grad_enabled():
+        return forward(layer, *args, **kwargs)
     from torch.utils.checkpoint import checkpoint
 
     options: dict = {"use_reentrant": False}
     if policy == "dots":
         options["context_fn"] = _dots_context
-    for layer in layers:
-
-        @functools.wraps(layer.forward)
-        def forward(*args, _forward=layer.forward, **kwargs):
-            if not torch.is_grad_enabled():  # evaluation and generation: nothing to recompute
-                return _forward(*args, **kwargs)
-            return checkpoint(_forward, *args, **options, **kwargs)
-
-        forward.checkpoint_policy = policy  # type: ignore[attr-defined]  # for describe() and tests
-        layer.forward = forward
-    return len(layers)
+    return checkpoint(forward, layer, *args, **options, **kwargs)

@@ -6,17 +6,20 @@
 #
 # Stages (docs/benchmarks.md says which table each one fills):
 #   speed-1b      llama-1b: hf-reference, hf-compile, torch, jax; every setting its default
+#   dropout-framework  llama-1b: torch and jax with framework dropout masks (speed-1b's rows have
+#                 the portable ones: run both stages in one call, on one GPU, for the A/B)
+#   speed-3b      llama-3b: hf-reference, torch, jax
 #   ckpt-1b       llama-1b: torch and jax with gradient_checkpointing dots, then full
 #   ckpt-8b       llama-8b: torch and jax with gradient_checkpointing full (the 24 GiB target)
 #   gemma-1b      gemma3-1b: hf-reference, torch, jax
-#   gemma-torch   gemma3-1b: torch alone, with a longer time limit for its compile
 #   qwen-1b       qwen3-1.7b: hf-reference, torch, jax
 #   packing       llama-1b on real-length rows (lognormal median 400): hf-reference pads each
 #                 micro-batch, torch and jax pack
 #   packing-exact packed vs unpacked loss on the GPU attention paths (core/bench/packing_check.py),
 #                 tiny shape (head dim 16: cuDNN's path in bf16), real-length rows up to 512
 #   scaling       (2 GPUs) llama-1b, torch and jax on 1 and 2 devices, data parallel, then fsdp
-#   scaling-jax   (2 GPUs) the same, jax only (its compile takes seconds, torch's minutes)
+#   scaling-jax   (2 GPUs) the same, jax only
+#   scaling-8b    (2 GPUs) llama-8b with its base weights sharded over 2 GPUs, torch and jax
 #
 # A dry run on a CPU: S1=tiny S8=tiny SG=tiny EXTRA="--batch_size 2 --seq_len 64" bash ... /tmp/x 600 speed-1b
 set -uo pipefail
@@ -52,12 +55,13 @@ bench() {  # bench NAME ARGS...: one bench invocation; its table goes to stdout 
 for stage in "$@"; do
     case $stage in
         speed-1b) bench speed-1b --shape $s1 --systems hf-reference,hf-compile,torch,jax --steps 4 --warmup_steps 2 --timeout_s 300 ;;
+        dropout-framework) bench dropout-framework --shape $s1 --systems torch,jax --dropout_masks framework --steps 4 --warmup_steps 2 --timeout_s 240 ;;
+        speed-3b) bench speed-3b --shape ${S3:-llama-3b} --systems hf-reference,torch,jax --steps 3 --warmup_steps 2 --timeout_s 240 ;;
         ckpt-1b)
             bench ckpt-1b-dots --shape $s1 --systems torch,jax --gradient_checkpointing dots --steps 3 --warmup_steps 2 --timeout_s 200
             bench ckpt-1b-full --shape $s1 --systems torch,jax --gradient_checkpointing full --steps 3 --warmup_steps 2 --timeout_s 200 ;;
         ckpt-8b) bench ckpt-8b --shape $s8 --systems torch,jax --gradient_checkpointing full --steps 2 --warmup_steps 1 --timeout_s 300 ;;
         gemma-1b) bench gemma-1b --shape $sg --systems hf-reference,torch,jax --steps 3 --warmup_steps 2 --timeout_s 240 ;;
-        gemma-torch) bench gemma-torch --shape $sg --systems torch --steps 3 --warmup_steps 2 --timeout_s 330 ;;
         qwen-1b) bench qwen-1b --shape $sq --systems hf-reference,torch,jax --steps 3 --warmup_steps 2 --timeout_s 240 ;;
         packing) bench packing --shape $s1 --systems hf-reference,torch,jax --lengths lognormal:400:0.9:32:2048 --steps 3 --warmup_steps 2 --timeout_s 300 ;;
         packing-exact)
@@ -71,6 +75,7 @@ for stage in "$@"; do
         scaling)
             bench scaling-data --shape $s1 --systems torch,jax --devices 1,2 --mesh data --steps 3 --warmup_steps 2 --timeout_s 240
             bench scaling-fsdp --shape $s1 --systems torch,jax --devices 1,2 --mesh fsdp --steps 3 --warmup_steps 2 --timeout_s 240 ;;
+        scaling-8b) bench scaling-8b --shape $s8 --systems torch,jax --devices 2 --mesh fsdp --steps 2 --warmup_steps 1 --timeout_s 300 ;;
         *) echo "unknown stage $stage" >&2 ;;
     esac
 done
