@@ -6,15 +6,17 @@ tokens, log-space standard deviation SIGMA, rounded and clipped to [MIN, min(MAX
 Chat fine-tuning data has this shape: a few hundred tokens per example with a long tail
 (docs/benchmarks.md, "Real-length mode", gives the source of the default numbers).
 
-Every system of one invocation trains on the same examples in the same steps: step i is the
-examples ``[i*B*A, (i+1)*B*A)`` (B = batch_size, A = accumulation_steps). How they are laid
-out is each system's business, and that is what is measured:
+Every system of one invocation trains on the same examples in the same optimizer steps. A step
+holds as many examples of the seeded stream as fill A x B rows of ``seq_len`` when packed (B =
+batch_size, A = accumulation_steps): what one step of ``packing: true`` trains on, so the packed
+backends always see micro-batches of one shape [B, seq_len] (no recompilation). How the examples
+are laid out is each system's business, and that is what is measured:
 
 - ``padded_windows``: transformers' way (``DataCollatorWithPadding``, no ``pad_to_multiple_of``):
-  A micro-batches of B examples, each padded to its own longest example;
-- ``packed_windows``: loraswitch's ``packing: true``: the step's examples packed into rows of
-  ``seq_len`` (core.data.batching.pack), B rows per micro-batch, as many micro-batches as the
-  rows need (the last one holds only the rows left), with segment ids so attention stays inside
+  the step's examples B at a time, each micro-batch padded to its own longest example (so
+  hf-reference accumulates over more, smaller micro-batches: the same examples per step);
+- ``packed_windows``: loraswitch's ``packing: true``: the step's examples packed into A x B rows
+  (core.data.batching.pack), B rows per micro-batch, with segment ids so attention stays inside
   each example.
 
 Every token but an example's first is a target, so the target tokens of a step, and the loss
@@ -51,47 +53,50 @@ def parse_lengths(text: str) -> tuple[float, float, int, int]:
     return median, sigma, low, high
 
 
-def example_lengths(settings: BenchSettings) -> np.ndarray:
-    """int64 [steps * A * B]: the length of every example of the run, seeded by ``settings.seed``."""
+def example_lengths(settings: BenchSettings, n: int) -> np.ndarray:
+    """int64 [n]: the lengths of the stream's first ``n`` examples, seeded by ``settings.seed``."""
     assert settings.lengths is not None
     median, sigma, low, high = parse_lengths(settings.lengths)
-    n = (settings.warmup_steps + settings.steps) * settings.accumulation_steps * settings.batch_size
     draw = np.random.default_rng([settings.seed, _LENGTH_STREAM]).standard_normal(n)
     return np.clip(np.round(median * np.exp(sigma * draw)), low, min(high, settings.seq_len)).astype(np.int64)
 
 
-def examples(settings: BenchSettings, vocab_size: int) -> list[TokenizedExample]:
-    """Uniform random tokens at ``example_lengths``; example i draws from its own stream."""
-    out = []
-    for i, n in enumerate(example_lengths(settings)):
-        ids = np.random.default_rng([settings.seed, _LENGTH_STREAM, i]).integers(0, vocab_size, int(n), dtype=np.int32)
-        mask = np.ones(int(n), dtype=bool)
-        mask[0] = False
-        out.append(TokenizedExample(ids, mask))
-    return out
+def _example(settings: BenchSettings, i: int, n: int, vocab_size: int) -> TokenizedExample:
+    """Example ``i`` of the stream: ``n`` uniform random tokens from its own stream."""
+    ids = np.random.default_rng([settings.seed, _LENGTH_STREAM, i]).integers(0, vocab_size, n, dtype=np.int32)
+    mask = np.ones(n, dtype=bool)
+    mask[0] = False
+    return TokenizedExample(ids, mask)
 
 
-def _step_examples(settings: BenchSettings, data: list[TokenizedExample], step: int) -> list[TokenizedExample]:
-    per_step = settings.accumulation_steps * settings.batch_size
-    return data[step * per_step : (step + 1) * per_step]
+def step_examples(settings: BenchSettings, vocab_size: int) -> list[list[TokenizedExample]]:
+    """Each step's examples: the next ones of the stream that fill A x B packed rows."""
+    rows_per_step = settings.accumulation_steps * settings.batch_size
+    low = parse_lengths(settings.lengths or "")[2]
+    # enough lengths for every step even if each example were the shortest possible
+    n_max = (settings.warmup_steps + settings.steps) * rows_per_step * max(1, settings.seq_len // low)
+    sizes = example_lengths(settings, n_max)
+    steps, first = [], 0
+    for _ in range(settings.warmup_steps + settings.steps):
+        window = [TokenizedExample(np.zeros(int(n), np.int32), np.ones(int(n), bool)) for n in sizes[first:n_max]]
+        taken = sum(len(r.examples) for r in pack(window, settings.seq_len, max_rows=rows_per_step))
+        steps.append([_example(settings, i, int(sizes[i]), vocab_size) for i in range(first, first + taken)])
+        first += taken
+    return steps
 
 
-def padded_windows(settings: BenchSettings, data: list[TokenizedExample]) -> list[Window]:
-    """Per step, A micro-batches of B examples, each padded to its own longest (transformers' collator)."""
-    B, steps = settings.batch_size, settings.warmup_steps + settings.steps
+def padded_windows(settings: BenchSettings, steps: list[list[TokenizedExample]]) -> list[Window]:
+    """Per step, the step's examples B at a time, each micro-batch padded to its own longest
+    (transformers' collator)."""
+    B = settings.batch_size
+    return [[collate(chunk[j : j + B], B, 0, pad_to_multiple=1) for j in range(0, len(chunk), B)] for chunk in steps]
+
+
+def packed_windows(settings: BenchSettings, steps: list[list[TokenizedExample]]) -> list[Window]:
+    """Per step, the step's examples packed into A x B rows of ``seq_len``, B rows a micro-batch."""
+    B, T = settings.batch_size, settings.seq_len
     windows = []
-    for step in range(steps):
-        chunk = _step_examples(settings, data, step)
-        windows.append([collate(chunk[j : j + B], B, 0, pad_to_multiple=1) for j in range(0, len(chunk), B)])
-    return windows
-
-
-def packed_windows(settings: BenchSettings, data: list[TokenizedExample]) -> list[Window]:
-    """Per step, the step's examples packed into ``seq_len`` rows, B rows a micro-batch."""
-    B, T, steps = settings.batch_size, settings.seq_len, settings.warmup_steps + settings.steps
-    windows = []
-    for step in range(steps):
-        rows = pack(_step_examples(settings, data, step), T)
-        # the last micro-batch holds only the rows left (no filler rows): at most B shapes [k, T]
-        windows.append([collate(rows[j : j + B], len(rows[j : j + B]), 0, max_len=T) for j in range(0, len(rows), B)])
+    for chunk in steps:
+        rows = pack(chunk, T)
+        windows.append([collate(rows[j : j + B], B, 0, max_len=T) for j in range(0, len(rows), B)])
     return windows

@@ -68,8 +68,8 @@ def _train_then_eval(
 
 def check(backend_name: str, settings: BenchSettings) -> dict[str, Any]:
     vocab = model_config_of(settings.shape)["vocab_size"]
-    data = lengths.examples(settings, vocab)
-    unpacked, packed = lengths.padded_windows(settings, data), lengths.packed_windows(settings, data)
+    steps = lengths.step_examples(settings, vocab)
+    unpacked, packed = lengths.padded_windows(settings, steps), lengths.packed_windows(settings, steps)
     loss_u, after_u, _ = _train_then_eval(backend_name, settings, unpacked, unpacked)
     loss_p, after_p, path = _train_then_eval(backend_name, settings, packed, unpacked)
     return {

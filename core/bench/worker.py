@@ -224,15 +224,15 @@ def build_system(name: str, settings: BenchSettings, mesh: dict[str, int] | None
 def windows_of(settings: BenchSettings, vocab_size: int, *, padded: bool) -> list[list[Any]]:
     """Each step's micro-batches (core Batch objects). Synthetic mode: A full [B, seq_len] rows
     of random tokens, every position a target, for every system. Real-length mode (``lengths``):
-    the same examples for every system, padded per micro-batch for hf systems (``padded``),
-    packed for the backends (core/bench/lengths.py)."""
+    the same examples in each step for every system, padded per micro-batch for hf systems
+    (``padded``), packed into A full micro-batches for the backends (core/bench/lengths.py)."""
     from loraswitch.core.types import Batch
 
     if settings.lengths is not None:
         from loraswitch.core.bench import lengths
 
-        data = lengths.examples(settings, vocab_size)
-        return lengths.padded_windows(settings, data) if padded else lengths.packed_windows(settings, data)
+        steps = lengths.step_examples(settings, vocab_size)
+        return lengths.padded_windows(settings, steps) if padded else lengths.packed_windows(settings, steps)
     tokens = synthetic_tokens(settings, vocab_size)
     ones = np.ones(tokens.shape[1:], np.int32)
     batches = [Batch(input_ids=t, attention_mask=ones, labels=t) for t in tokens]

@@ -149,13 +149,14 @@ def segments_of(row_lengths: Sequence[Sequence[int]], batch_size: int, length: i
     return segment_ids, position_ids
 
 
-def pack(examples: Sequence[TokenizedExample], max_seq_len: int) -> list[PackedRow]:
+def pack(examples: Sequence[TokenizedExample], max_seq_len: int, max_rows: int | None = None) -> list[PackedRow]:
     """Place whole examples into rows of at most ``max_seq_len`` tokens, best fit: each goes to
     the open row with the least room that still holds it, else starts a new row. Deterministic
     in the examples' order (the seeded split's), so the rows are the same on every run and
     backend; examples keep their relative order inside a row. No example is ever split, and
     backends keep attention and positions per example (``collate``'s segment ids), so packing
-    changes only speed, not the loss.
+    changes only speed, not the loss. With ``max_rows`` packing stops at the first example that
+    would open one row more (the bench fills a fixed number of rows per step this way).
     """
     rows: list[list[TokenizedExample]] = []
     free: list[tuple[int, int]] = []  # (room left, row index), sorted
@@ -165,6 +166,8 @@ def pack(examples: Sequence[TokenizedExample], max_seq_len: int) -> list[PackedR
             raise ValueError(f"an example of {n} tokens exceeds max_seq_len {max_seq_len}; truncate first")
         i = bisect.bisect_left(free, (n, -1))
         if i == len(free):
+            if max_rows is not None and len(rows) == max_rows:
+                break
             rows.append([ex])
             room, index = max_seq_len - n, len(rows) - 1
         else:

@@ -277,22 +277,29 @@ def test_scaling_keeps_the_per_device_batch_and_plain_peers_on_one_device():
 
 
 def test_real_length_examples_are_shared_padded_for_hf_and_packed_for_backends():
-    """One set of examples, laid out two ways: per micro-batch padding (transformers' collator)
-    and packed rows; the same target tokens per step either way, pad excluded."""
+    """One set of examples per step, laid out two ways: per micro-batch padding (transformers'
+    collator) and packed rows; the same target tokens per step either way, pad excluded, and
+    the packed micro-batches always of one shape, full but for the last row's tail."""
     from loraswitch.core.bench import lengths
     from loraswitch.core.bench.worker import windows_of
 
     s = BenchSettings(shape="tiny", lengths="lognormal:400:0.9:32:2048", seq_len=2048, steps=6, warmup_steps=2)
-    n = lengths.example_lengths(s)
-    assert len(n) == 8 * 4 * 4 and n.min() >= 32 and n.max() <= 2048
+    n = lengths.example_lengths(s, 4000)
+    assert n.min() >= 32 and n.max() <= 2048
     assert 300 < np.median(n) < 500  # the drawn median is near the asked one
+    assert (lengths.example_lengths(s, 10) == n[:10]).all()  # a stream: longer draws extend it
+    steps = lengths.step_examples(s, 512)
+    assert [len(e.input_ids) for e in steps[1]] == n[len(steps[0]) : len(steps[0]) + len(steps[1])].tolist()
     padded, packed = windows_of(s, 512, padded=True), windows_of(s, 512, padded=False)
     assert len(padded) == len(packed) == 8
-    for hf_window, packed_window in zip(padded, packed):
-        assert len(hf_window) == 4 and not any(b.packed for b in hf_window)
+    for chunk, hf_window, packed_window in zip(steps, padded, packed):
+        assert len(hf_window) == -(-len(chunk) // 4) and not any(b.packed for b in hf_window)
         assert all(b.input_ids.shape[1] == max(b.attention_mask.sum(axis=1)) for b in hf_window)  # own longest
-        assert all(b.packed and b.input_ids.shape[1] == 2048 for b in packed_window)
+        assert len(packed_window) == 4  # A micro-batches of B full rows, every step
+        assert all(b.packed and b.input_ids.shape == (4, 2048) for b in packed_window)
         assert sum(b.n_targets for b in hf_window) == sum(b.n_targets for b in packed_window)
+        # the step took every example that fit: the next one would have opened a 17th row
+        assert sum(b.attention_mask.sum() for b in packed_window) > 0.9 * 16 * 2048
     from loraswitch.core.data.batching import padding_fraction
 
     flat_hf, flat_packed = [b for w in padded for b in w], [b for w in packed for b in w]
