@@ -36,6 +36,7 @@ def main(run_dir: str, merged_gguf: str, base_gguf: str, adapter_gguf: str, held
 
     from loraswitch.core.cli.commands._inference import load_for_inference
     from loraswitch.core.data.jsonl import read_jsonl
+    from loraswitch.core.training.evaluation import reference_pair
 
     backend, tokenizer, _ = load_for_inference(model=None, backend_name=None, adapter=run_dir)
     merged = Llama(model_path=merged_gguf, n_ctx=512, n_threads=2, verbose=False)
@@ -43,8 +44,10 @@ def main(run_dir: str, merged_gguf: str, base_gguf: str, adapter_gguf: str, held
     stop = set(tokenizer.eos_ids)
     rows, t0 = [], time.perf_counter()
     for record in read_jsonl(heldout):
-        prompt = next(m["content"] for m in record["messages"] if m["role"] == "user")
-        ids = [int(i) for i in tokenizer.encode_prompt(prompt)]
+        pair = reference_pair(record)  # the prompt messages, as `loraswitch evaluate` renders them
+        if pair is None:
+            continue
+        ids = [int(i) for i in tokenizer.encode_prompt(pair[0], tools=record.tools)]
         ours = [
             int(i)
             for i in backend.generate(

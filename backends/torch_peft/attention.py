@@ -69,16 +69,21 @@ def kernel_used(
     kv_heads: int,
     head_dim: int,
     dtype: torch.dtype,
+    masked: bool = False,
 ) -> str:
-    """The kernel SDPA picks under ``context`` for a causal training call of this model's head
-    shape (with grouped-query heads as transformers passes them), for describe()."""
+    """The kernel SDPA picks under ``context`` for a training call of this model's head shape
+    (with grouped-query heads as transformers passes them), for describe(): causal, or with an
+    explicit boolean mask (``masked``: sliding windows and packed rows, which is_causal cannot say)."""
     if device.type != "cuda":
         return "sdpa"
     try:
         q = torch.zeros(1, heads, 128, head_dim, device=device, dtype=dtype, requires_grad=True)
         kv = torch.zeros(1, kv_heads, 128, head_dim, device=device, dtype=dtype, requires_grad=True)
+        mask = torch.ones(1, 1, 128, 128, device=device, dtype=torch.bool).tril() if masked else None
         with context():
-            index = torch._fused_sdp_choice(q, kv, kv, is_causal=True, enable_gqa=heads != kv_heads)
+            index = torch._fused_sdp_choice(
+                q, kv, kv, attn_mask=mask, is_causal=not masked, enable_gqa=heads != kv_heads
+            )
         from torch.nn.attention import SDPBackend
 
         return f"sdpa ({SDPBackend(index).name.lower()})"

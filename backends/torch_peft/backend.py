@@ -428,19 +428,22 @@ class TorchBackend:
         return input_ids, self._to_device(mask.astype(np.int64))
 
     def _attention_kernel(self) -> str:
+        """The SDPA kernel of a causal call, and of the sliding-window layers' masked calls."""
         c = self.model.get_base_model().config
         if c._attn_implementation == "eager":  # chosen where SDPA cannot express the attention
             return "eager (exact: attention-logit soft-capping, which SDPA cannot express)"
         heads = c.num_attention_heads
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
-        return kernel_used(
-            self._attention,
-            self.placement.device,
+        shape = (
             heads,
             getattr(c, "num_key_value_heads", None) or heads,
-            head_dim,
-            self.placement.dtype,
+            getattr(c, "head_dim", None) or c.hidden_size // heads,
         )
+        device, dtype = self.placement.device, self.placement.dtype
+        causal = kernel_used(self._attention, device, *shape, dtype)
+        if not _has_sliding_layers(c):
+            return causal
+        masked = kernel_used(self._attention, device, *shape, dtype, masked=True)
+        return f"{causal}; sliding-window layers: {masked} with an explicit window mask (rows longer than the window)"
 
     def _autocast(self):
         if not self.autocast:
@@ -455,6 +458,14 @@ class TorchBackend:
             yield
         finally:
             self.model.train(was_training)
+
+
+def _has_sliding_layers(config: Any) -> bool:
+    """Whether some layer attends through a sliding window (transformers then passes SDPA a mask)."""
+    if not getattr(config, "sliding_window", None):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    return layer_types is None or "sliding_attention" in layer_types
 
 
 def _checked_targets_on_meta(model: ModelSource, targets: list[str]) -> list[str]:

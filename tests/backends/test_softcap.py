@@ -105,3 +105,20 @@ def test_describe_names_the_exact_attention_path(gemma2_dir):
     jax_backend = JaxBackend()
     jax_backend.load(source, config, train=False)
     assert jax_backend.describe()["attention"].startswith("xla (exact: attention-logit soft-capping")
+
+
+def test_torch_describe_names_the_masked_path_of_sliding_window_layers(tmp_path):
+    """Gemma 3's sliding layers take SDPA with an explicit window mask, not the causal call;
+    describe() says so (and a model without windows does not)."""
+    config = Config(lora_r=4, lora_alpha=8, precision="fp32")
+    gemma3 = write_transformers_model(
+        tmp_path / "g3", "Gemma3ForCausalLM", seed=1, sliding_window_pattern=2, head_dim=16, sliding_window=8
+    )
+    qwen3 = write_transformers_model(tmp_path / "q3", "Qwen3ForCausalLM", seed=1, head_dim=16)
+    described = {}
+    for name, path in (("gemma3", gemma3), ("qwen3", qwen3)):
+        backend = TorchBackend(device="cpu")
+        backend.load(ModelSource(name=name, path=path), config, train=False)
+        described[name] = backend.describe()["attention"]
+    assert "sliding-window layers: sdpa with an explicit window mask" in described["gemma3"]
+    assert described["qwen3"] == "sdpa"
