@@ -61,8 +61,10 @@ mutation: $(VENV)/.installed
 # GGUFs, and compares llama.cpp's greedy answers on the held-out prompts with loraswitch's.
 RUN ?= runs/quickstart
 LLAMA_CPP_PYTHON ?= llama-cpp-python==0.3.36
+# the library alone: no llava/mtmd, examples, tools, tests or server (a third of the build)
+LLAMA_CPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
 check-llama-cpp: $(VENV)/.installed
-	$(BIN)/python -c "import llama_cpp" 2>/dev/null || nice -n 10 $(BIN)/python -m pip install '$(LLAMA_CPP_PYTHON)'
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" nice -n 10 $(BIN)/python -m pip install '$(LLAMA_CPP_PYTHON)'
 	test -f $(RUN)/adapter/adapter_config.json || $(BIN)/loraswitch quickstart --output_dir $(RUN)
 	$(BIN)/loraswitch export $(RUN) --format gguf --dtype f32 --out $(RUN)-merged.gguf --overwrite
 	$(BIN)/loraswitch export --model builtin:smollm2-135m --format gguf --dtype f32 --out $(RUN)-base.gguf --overwrite
