@@ -1,5 +1,10 @@
 """tokenizer.json -> GGUF tokenizer metadata (llama.cpp's byte-level BPE, ``gpt2``).
 
+``add_tokenizer`` picks the path: a byte-level BPE tokenizer.json is written here; otherwise the
+model's SentencePiece ``tokenizer.model`` is (``gguf_spm_vocab.py``, llama.cpp's ``llama``), as
+llama.cpp's converter does. A SentencePiece-style tokenizer.json without its tokenizer.model is
+refused: its scores cannot be recovered from tokenizer.json without guessing.
+
 Special token ids, merges, add_bos/add_eos and the chat template are read by the gguf
 package's own ``SpecialVocab``, as llama.cpp's converter does. The token list and types are
 built here because the package's ``BpeVocab`` marks every added token CONTROL and drops added
@@ -65,22 +70,53 @@ def pre_tokenizer_name(tokenizer: dict[str, Any], path: Path) -> str:
     return PRE_TOKENIZERS[steps]
 
 
-def read_bpe_tokenizer(model_dir: Path) -> dict[str, Any]:
+def read_tokenizer_json(model_dir: Path) -> dict[str, Any]:
     path = model_dir / "tokenizer.json"
     try:
-        tokenizer = json.loads(path.read_text(encoding="utf-8"))
+        return dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError) as e:
         raise UserError(
             f"{path}: cannot read ({type(e).__name__}); GGUF export needs the model's tokenizer.json"
         ) from e
+
+
+def is_byte_level_bpe(tokenizer: dict[str, Any]) -> bool:
     model = tokenizer.get("model") or {}
     decoder = tokenizer.get("decoder") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback") or decoder.get("type") != "ByteLevel":
+    return model.get("type") == "BPE" and not model.get("byte_fallback") and decoder.get("type") == "ByteLevel"
+
+
+def looks_sentencepiece(tokenizer: dict[str, Any]) -> bool:
+    """Byte-fallback BPE or Unigram, or "▁" for spaces: what transformers converts SentencePiece to."""
+    model = tokenizer.get("model") or {}
+    if model.get("byte_fallback") or model.get("type") == "Unigram":
+        return True
+    parts = json.dumps([tokenizer.get(k) for k in ("normalizer", "pre_tokenizer", "decoder")], ensure_ascii=False)
+    return "\u2581" in parts
+
+
+def tokenizer_kind(model_dir: Path) -> str:
+    """``"bpe"`` (tokenizer.json, byte-level) or ``"spm"`` (tokenizer.model); anything else is refused."""
+    spm = (model_dir / "tokenizer.model").is_file()
+    if spm and not (model_dir / "tokenizer.json").is_file():
+        return "spm"
+    path = model_dir / "tokenizer.json"
+    tokenizer = read_tokenizer_json(model_dir)
+    if is_byte_level_bpe(tokenizer):
+        return "bpe"
+    if spm:
+        return "spm"
+    model = tokenizer.get("model") or {}
+    kind = f"{model.get('type')} with a {(tokenizer.get('decoder') or {}).get('type')} decoder"
+    if looks_sentencepiece(tokenizer):
         raise UserError(
-            f"{path}: only byte-level BPE tokenizers (GPT-2 style: SmolLM2, Llama 3, Qwen2) are exported to GGUF; "
-            f"this one is {model.get('type')} with a {decoder.get('type')} decoder"
+            f"{path}: a SentencePiece tokenizer ({kind}); GGUF export needs its tokenizer.model beside it "
+            "(llama.cpp takes the pieces' scores from it), and there is none"
         )
-    return tokenizer
+    raise UserError(
+        f"{path}: only byte-level BPE (GPT-2 style: SmolLM2, Llama 3, Qwen2) and SentencePiece tokenizers "
+        f"(with tokenizer.model: Llama 2, Mistral, Gemma, Phi-3) are exported to GGUF; this one is {kind}"
+    )
 
 
 def token_list(tokenizer: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int]]:
@@ -97,11 +133,11 @@ def token_list(tokenizer: dict[str, Any], vocab_size: int) -> tuple[list[str], l
     return tokens, types
 
 
-def add_tokenizer(writer: Any, model_dir: Path, vocab_size: int) -> None:
-    """Write the tokenizer.ggml.* keys and the chat template into a gguf.GGUFWriter."""
+def add_bpe_tokens(writer: Any, model_dir: Path, vocab_size: int) -> tuple[int, bool]:
+    """Write tokenizer.ggml.{model,pre,tokens,token_type}; returns the token count and whether it merges."""
     import gguf
 
-    tokenizer = read_bpe_tokenizer(model_dir)
+    tokenizer = read_tokenizer_json(model_dir)
     pre = pre_tokenizer_name(tokenizer, model_dir / "tokenizer.json")
     tokens, types = token_list(tokenizer, vocab_size)
     writer.add_tokenizer_model("gpt2")
@@ -109,9 +145,23 @@ def add_tokenizer(writer: Any, model_dir: Path, vocab_size: int) -> None:
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     has_merges = bool(tokenizer["model"].get("merges"))
-    special = gguf.SpecialVocab(model_dir, load_merges=has_merges, n_vocab=len(tokens))
-    special.add_to_gguf(writer, quiet=True)
     if not has_merges:  # llama.cpp requires the key even when there is nothing to merge
         writer.add_key_value(
             gguf.Keys.Tokenizer.MERGES, [], gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.STRING
         )
+    return len(tokens), has_merges
+
+
+def add_tokenizer(writer: Any, model_dir: Path, vocab_size: int) -> None:
+    """Write the tokenizer.ggml.* keys and the chat template into a gguf.GGUFWriter."""
+    import gguf
+
+    from loraswitch.core.export.gguf_spm_vocab import add_sentencepiece_tokens
+
+    if tokenizer_kind(model_dir) == "spm":  # llama.cpp's SentencePiece tokenizer has no merges
+        n_tokens, has_merges = add_sentencepiece_tokens(writer, model_dir, vocab_size), False
+    else:
+        n_tokens, has_merges = add_bpe_tokens(writer, model_dir, vocab_size)
+    # special ids, add_bos/add_eos and the chat template: the gguf package's reader, for both kinds
+    special = gguf.SpecialVocab(model_dir, load_merges=has_merges, n_vocab=n_tokens)
+    special.add_to_gguf(writer, quiet=True)

@@ -171,3 +171,77 @@ def peft_logits(base_dir: Path, adapter_dir: Path, ids: np.ndarray) -> np.ndarra
     from peft import PeftModel
 
     return hf_logits(PeftModel.from_pretrained(load_hf(base_dir), adapter_dir).eval(), ids)
+
+
+# family -> how its real tokenizer.model is set up: (transformers tokenizer class, add_dummy_prefix,
+# unk/bos/eos/pad ids). Llama 2, Mistral and Phi-3 prepend "▁" and number unk 0, bos 1, eos 2; Gemma
+# does not prepend and numbers pad 0, eos 1, bos 2, unk 3.
+SENTENCEPIECE = {
+    "llama": ("LlamaTokenizer", True, dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1)),
+    "phi3": ("LlamaTokenizer", True, dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1)),
+    "gemma3": (
+        "GemmaTokenizer",
+        False,
+        dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>"),
+    ),
+}
+SPM_WORDS = "the quick brown fox jumps over lazy dog model token export llama gemma piece byte score naïve café".split()
+SPM_ADDED = ["<start_of_turn>", "<end_of_turn>"]  # special added tokens past the SentencePiece vocabulary
+
+
+def train_sentencepiece(add_dummy_prefix: bool, ids: dict, vocab_size: int = 400) -> bytes:
+    """A byte-fallback BPE SentencePiece model (what Llama 2 and Gemma use) on generated text."""
+    import io
+    import random
+
+    import sentencepiece
+
+    rng = random.Random(0)
+    lines = [
+        " ".join(rng.choice(SPM_WORDS) for _ in range(rng.randint(3, 12))) + f" {rng.randint(0, 9999)}"
+        for _ in range(400)
+    ]
+    out = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=out,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        split_digits=True,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=add_dummy_prefix,
+        minloglevel=2,
+        **ids,
+    )
+    return out.getvalue()
+
+
+def write_sentencepiece_model(directory: Path, family: str) -> Path:
+    """A tiny ``family`` model whose tokenizer is SentencePiece: tokenizer.model plus the tokenizer.json
+    and tokenizer_config.json transformers converts it to, with two added special tokens."""
+    import transformers
+
+    tokenizer_class, dummy_prefix, ids = SENTENCEPIECE[family]
+    proto = train_sentencepiece(dummy_prefix, ids)
+    n_pieces = 400
+    write_tiny_model(
+        directory,
+        family,
+        vocab_size=n_pieces + 16,  # room for the added tokens and [PAD<id>] rows, as real checkpoints have
+        bos_token_id=ids["bos_id"],
+        eos_token_id=ids["eos_id"],
+        pad_token_id=ids["pad_id"] if ids["pad_id"] >= 0 else None,
+    )
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (directory / name).unlink()
+    (directory / "tokenizer.model").write_bytes(proto)
+    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": tokenizer_class}))
+    # both families' real tokenizer_config.json say so; transformers would not write it
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, add_bos_token=True, add_eos_token=False)
+    tokenizer.add_special_tokens({"additional_special_tokens": SPM_ADDED})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(directory)
+    return directory

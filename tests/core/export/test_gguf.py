@@ -370,7 +370,7 @@ def test_lora_gguf_refuses_lm_head_on_tied_embeddings(models, adapters, tmp_path
 # ---------------------------------------------------------------- refusals
 
 
-def test_unknown_architecture_and_sentencepiece_tokenizers_are_refused(models, tmp_path):
+def test_unknown_architectures_and_tokenizers_are_refused(models, tmp_path):
     import shutil
 
     shutil.copytree(models("llama"), tmp_path / "m")
@@ -382,9 +382,9 @@ def test_unknown_architecture_and_sentencepiece_tokenizers_are_refused(models, t
         export_gguf(MergePlan(tmp_path / "m", None), tmp_path / "x.gguf", "f16", "m")
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     tokenizer = json.loads((tmp_path / "m" / "tokenizer.json").read_text())
-    tokenizer["model"]["byte_fallback"] = True
+    tokenizer["decoder"] = {"type": "WordPiece", "prefix": "##", "cleanup": True}  # neither BPE nor SentencePiece
     (tmp_path / "m" / "tokenizer.json").write_text(json.dumps(tokenizer))
-    with pytest.raises(UserError, match=r"tokenizer.json: only byte-level BPE tokenizers .* are exported to GGUF"):
+    with pytest.raises(UserError, match=r"tokenizer.json: only byte-level BPE .* and SentencePiece tokenizers .* are"):
         export_gguf(MergePlan(tmp_path / "m", None), tmp_path / "x.gguf", "f16", "m")
     assert not list(tmp_path.glob("*.gguf*"))
 
