@@ -1,7 +1,7 @@
 """Is packing exact on this machine's attention kernels? Packed against unpacked, per backend and precision.
 
     python -m loraswitch.core.bench.packing_check --shape llama-1b --precision bf16,fp32
-    bash core/bench/scripts/h200.sh packing-check OUT_DIR      # the same on the H200
+    bash core/bench/scripts/h200_stages.sh OUT 560 packing-exact_DIR      # the same on the H200
 
 The CPU exactness tests (tests/backends/test_packing_exact.py) cover XLA's and SDPA's math
 kernels; on a GPU the packed batches take other paths (torch: SDPA with transformers' document

@@ -4,7 +4,9 @@
 #
 #   bash core/bench/scripts/h200_stages.sh OUT_DIR HARD_S STAGE...
 #
+# The one script for GPU measurements (it replaced h200.sh and h200_session.sh, in git history).
 # Stages (docs/benchmarks.md says which table each one fills):
+#   smoke         tiny on the GPU, then one llama-1b step per system (does everything start?)
 #   speed-1b      llama-1b: hf-reference, hf-compile, torch, jax; every setting its default
 #   dropout-framework  llama-1b: torch and jax with framework dropout masks (speed-1b's rows have
 #                 the portable ones: run both stages in one call, on one GPU, for the A/B)
@@ -54,6 +56,9 @@ bench() {  # bench NAME ARGS...: one bench invocation; its table goes to stdout 
 
 for stage in "$@"; do
     case $stage in
+        smoke)
+            bench smoke-tiny --shape tiny --systems hf-reference,torch,jax --steps 2 --warmup_steps 1 --timeout_s 120
+            bench smoke-1b --shape $s1 --systems hf-reference,torch,jax --steps 1 --warmup_steps 1 --timeout_s 200 ;;
         speed-1b) bench speed-1b --shape $s1 --systems hf-reference,hf-compile,torch,jax --steps 4 --warmup_steps 2 --timeout_s 300 ;;
         dropout-framework) bench dropout-framework --shape $s1 --systems torch,jax --dropout_masks framework --steps 4 --warmup_steps 2 --timeout_s 240 ;;
         speed-3b) bench speed-3b --shape ${S3:-llama-3b} --systems hf-reference,torch,jax --steps 3 --warmup_steps 2 --timeout_s 240 ;;
