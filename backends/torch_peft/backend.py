@@ -1,9 +1,10 @@
 """TorchBackend: the core's Backend protocol on transformers + peft.
 
-The hot path (``micro_step``) is: decoder forward (each layer optionally torch.compile'd) -> gather the rows
-that predict a target -> chunked cross-entropy through the frozen lm_head -> backward, and on
-the window's last micro-batch one fused AdamW step. Nothing in it waits for the device: the
-returned loss stays a tensor until the engine converts it once per window.
+The hot path (``micro_step``) is: decoder forward (each layer through one torch.compile'd
+function, layer_calls.py) -> gather the rows that predict a target -> chunked cross-entropy
+through the frozen lm_head -> backward, and on the window's last micro-batch one fused AdamW step.
+Nothing in it waits for the device: the returned loss stays a tensor until the engine converts it
+once per window.
 
 Under torchrun (WORLD_SIZE > 1) each process trains its contiguous block of every global
 micro-batch, through DDP or, with ``mesh: {fsdp: N}``, with FSDP2-sharded base weights

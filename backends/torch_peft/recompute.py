@@ -2,9 +2,9 @@
 
 Each decoder layer's forward runs under ``torch.utils.checkpoint`` (non-reentrant: it works with
 a frozen base, torch.compile, DDP, and FSDP2, whose hooks stay outside on the module's
-``__call__``); layer_calls.py installs it. The wrapping is ours rather than transformers' switch because that switch was
-renamed between the versions we support (``gradient_checkpointing_enable`` became
-``activation_checkpointing_enable``) and has no selective policy.
+``__call__``); layer_calls.py installs it. The wrapping is ours rather than transformers' switch
+because that switch was renamed between the versions we support (``gradient_checkpointing_enable``
+became ``activation_checkpointing_enable``) and has no selective policy.
 
 - ``full``: only each layer's input is kept; the whole layer runs again in backward.
 - ``dots``: torch's selective checkpointing keeps the outputs of matrix products and attention
