@@ -20,6 +20,36 @@ from loraswitch.core.models.families import spec_from_config
 BOS_ID, EOS_ID, PAD_ID = 256, 258, 256
 
 
+def _decoder(
+    architecture: str,
+    model_type: str,
+    dims: tuple[int, int, int, int, int, int],
+    dtype: str,
+    bos: int | list[int] | None = BOS_ID,
+    eos: int | list[int] | None = EOS_ID,
+    pad: int | None = PAD_ID,
+) -> dict[str, Any]:
+    """The keys every family's config.json shares: architecture, the sizes ``dims`` = (hidden,
+    ffn, layers, heads, kv_heads, vocab), dtype and token ids; each family adds its own."""
+    hidden, ffn, layers, heads, kv_heads, vocab = dims
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "vocab_size": vocab,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "torch_dtype": dtype,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+    }
+
+
 def llama_config(
     hidden: int,
     ffn: int,
@@ -40,15 +70,8 @@ def llama_config(
 ) -> dict[str, Any]:
     """A complete Hugging Face LlamaConfig dict (also used for GGUF conversion)."""
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": ffn,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
+        **_decoder("LlamaForCausalLM", "llama", (hidden, ffn, layers, heads, kv_heads, vocab), dtype, bos, eos, pad),
         "head_dim": head_dim or hidden // heads,
-        "vocab_size": vocab,
         "tie_word_embeddings": tied,
         "rope_theta": rope_theta,
         "rope_scaling": None,
@@ -58,13 +81,7 @@ def llama_config(
         "attention_bias": False,
         "attention_dropout": 0.0,
         "mlp_bias": False,
-        "initializer_range": 0.02,
         "pretraining_tp": 1,
-        "use_cache": True,
-        "torch_dtype": dtype,
-        "bos_token_id": bos,
-        "eos_token_id": eos,
-        "pad_token_id": pad,
     }
 
 
@@ -89,14 +106,7 @@ def qwen_config(
     write them (sliding windows off), with the byte tokenizer's token ids."""
     qwen3 = architecture == "Qwen3ForCausalLM"
     config = {
-        "architectures": [architecture],
-        "model_type": "qwen3" if qwen3 else "qwen2",
-        "hidden_size": hidden,
-        "intermediate_size": ffn,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "vocab_size": vocab,
+        **_decoder(architecture, "qwen3" if qwen3 else "qwen2", (hidden, ffn, layers, heads, kv_heads, vocab), dtype),
         "tie_word_embeddings": tied,
         "rope_theta": rope_theta,
         "rope_scaling": None,
@@ -107,12 +117,6 @@ def qwen_config(
         "rms_norm_eps": 1e-6,
         "hidden_act": "silu",
         "attention_dropout": 0.0,
-        "initializer_range": 0.02,
-        "use_cache": True,
-        "torch_dtype": dtype,
-        "bos_token_id": BOS_ID,
-        "eos_token_id": EOS_ID,
-        "pad_token_id": PAD_ID,
     }
     if qwen3:
         config.update(head_dim=head_dim or 128, attention_bias=False)
@@ -140,15 +144,10 @@ def gemma_config(
     a global one, local rope base 10k, global 1M), with the byte tokenizer's token ids."""
     gemma3 = architecture == "Gemma3ForCausalLM"
     config: dict[str, Any] = {
-        "architectures": [architecture],
-        "model_type": "gemma3_text" if gemma3 else "gemma2",
-        "hidden_size": hidden,
-        "intermediate_size": ffn,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
+        **_decoder(
+            architecture, "gemma3_text" if gemma3 else "gemma2", (hidden, ffn, layers, heads, kv_heads, vocab), dtype
+        ),
         "head_dim": head_dim,
-        "vocab_size": vocab,
         "tie_word_embeddings": True,
         "hidden_activation": "gelu_pytorch_tanh",
         "query_pre_attn_scalar": head_dim,
@@ -157,12 +156,6 @@ def gemma_config(
         "rms_norm_eps": 1e-6,
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "initializer_range": 0.02,
-        "use_cache": True,
-        "torch_dtype": dtype,
-        "bos_token_id": BOS_ID,
-        "eos_token_id": EOS_ID,
-        "pad_token_id": PAD_ID,
     }
     if gemma3:
         config.update(
@@ -184,14 +177,7 @@ def phi3_config(
     """A Phi3Config dict as Phi-3-mini-4k-instruct's config.json writes it (fused qkv_proj and
     gate_up_proj, no rope scaling, one window for every layer), with the byte tokenizer's ids."""
     return {
-        "architectures": ["Phi3ForCausalLM"],
-        "model_type": "phi3",
-        "hidden_size": hidden,
-        "intermediate_size": ffn,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "vocab_size": vocab,
+        **_decoder("Phi3ForCausalLM", "phi3", (hidden, ffn, layers, heads, kv_heads, vocab), dtype),
         "tie_word_embeddings": False,
         "hidden_act": "silu",
         "rope_theta": 10000.0,
@@ -203,12 +189,6 @@ def phi3_config(
         "attention_dropout": 0.0,
         "embd_pdrop": 0.0,
         "resid_pdrop": 0.0,
-        "initializer_range": 0.02,
-        "use_cache": True,
-        "torch_dtype": dtype,
-        "bos_token_id": BOS_ID,
-        "eos_token_id": EOS_ID,
-        "pad_token_id": PAD_ID,
     }
 
 
