@@ -76,10 +76,12 @@ def step_examples(settings: BenchSettings, vocab_size: int) -> list[list[Tokeniz
     # enough lengths for every step even if each example were the shortest possible
     n_max = (settings.warmup_steps + settings.steps) * rows_per_step * max(1, settings.seq_len // low)
     sizes = example_lengths(settings, n_max)
+    # stand-ins of the right lengths (pack reads only lengths), made once: the tokens are drawn
+    # only for the examples a step takes
+    lengths_only = [TokenizedExample(np.empty(int(n), np.int32), np.ones(int(n), bool)) for n in sizes]
     steps, first = [], 0
     for _ in range(settings.warmup_steps + settings.steps):
-        window = [TokenizedExample(np.zeros(int(n), np.int32), np.ones(int(n), bool)) for n in sizes[first:n_max]]
-        taken = sum(len(r.examples) for r in pack(window, settings.seq_len, max_rows=rows_per_step))
+        taken = sum(len(r.examples) for r in pack(lengths_only[first:], settings.seq_len, max_rows=rows_per_step))
         steps.append([_example(settings, i, int(sizes[i]), vocab_size) for i in range(first, first + taken)])
         first += taken
     return steps
