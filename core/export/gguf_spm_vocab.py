@@ -18,11 +18,11 @@ llama.cpp's converter hard-codes per family (False for Gemma, llama.cpp's defaul
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from loraswitch.core.errors import UserError
+from loraswitch.core.files.json_file import read_json_object
 
 # gguf.TokenType values (llama.cpp's llama_token_type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -69,10 +69,7 @@ def _added_tokens(model_dir: Path) -> list[tuple[int, str, bool]]:
         path = model_dir / name
         if not path.is_file():
             continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: cannot read ({type(e).__name__})") from e
+        data = read_json_object(path)
         if name == "added_tokens.json":  # {content: id}, ordinary (USER_DEFINED) tokens
             found += [(int(i), str(t), False) for t, i in data.items()]
         elif name == "tokenizer_config.json":

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from loraswitch.core.errors import UserError
+from loraswitch.core.files.json_file import read_json_object
 
 LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 QWEN2_REGEX = (
@@ -71,13 +72,7 @@ def pre_tokenizer_name(tokenizer: dict[str, Any], path: Path) -> str:
 
 
 def read_tokenizer_json(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "tokenizer.json"
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as e:
-        raise UserError(
-            f"{path}: cannot read ({type(e).__name__}); GGUF export needs the model's tokenizer.json"
-        ) from e
+    return read_json_object(model_dir / "tokenizer.json", if_missing="GGUF export needs the model's tokenizer.json")
 
 
 def is_byte_level_bpe(tokenizer: dict[str, Any]) -> bool:
@@ -95,17 +90,18 @@ def looks_sentencepiece(tokenizer: dict[str, Any]) -> bool:
     return "\u2581" in parts
 
 
-def tokenizer_kind(model_dir: Path) -> str:
-    """``"bpe"`` (tokenizer.json, byte-level) or ``"spm"`` (tokenizer.model); anything else is refused."""
+def byte_level_tokenizer(model_dir: Path) -> dict[str, Any] | None:
+    """The byte-level BPE tokenizer.json (written as ``gpt2``), or None where the SentencePiece
+    ``tokenizer.model`` is to be written (``llama``); anything else is refused."""
     spm = (model_dir / "tokenizer.model").is_file()
     if spm and not (model_dir / "tokenizer.json").is_file():
-        return "spm"
+        return None
     path = model_dir / "tokenizer.json"
     tokenizer = read_tokenizer_json(model_dir)
     if is_byte_level_bpe(tokenizer):
-        return "bpe"
+        return tokenizer
     if spm:
-        return "spm"
+        return None
     model = tokenizer.get("model") or {}
     kind = f"{model.get('type')} with a {(tokenizer.get('decoder') or {}).get('type')} decoder"
     if looks_sentencepiece(tokenizer):
@@ -133,11 +129,10 @@ def token_list(tokenizer: dict[str, Any], vocab_size: int) -> tuple[list[str], l
     return tokens, types
 
 
-def add_bpe_tokens(writer: Any, model_dir: Path, vocab_size: int) -> tuple[int, bool]:
+def add_bpe_tokens(writer: Any, tokenizer: dict[str, Any], model_dir: Path, vocab_size: int) -> tuple[int, bool]:
     """Write tokenizer.ggml.{model,pre,tokens,token_type}; returns the token count and whether it merges."""
     import gguf
 
-    tokenizer = read_tokenizer_json(model_dir)
     pre = pre_tokenizer_name(tokenizer, model_dir / "tokenizer.json")
     tokens, types = token_list(tokenizer, vocab_size)
     writer.add_tokenizer_model("gpt2")
@@ -158,10 +153,11 @@ def add_tokenizer(writer: Any, model_dir: Path, vocab_size: int) -> None:
 
     from loraswitch.core.export.gguf_spm_vocab import add_sentencepiece_tokens
 
-    if tokenizer_kind(model_dir) == "spm":  # llama.cpp's SentencePiece tokenizer has no merges
+    tokenizer = byte_level_tokenizer(model_dir)
+    if tokenizer is None:  # llama.cpp's SentencePiece tokenizer has no merges
         n_tokens, has_merges = add_sentencepiece_tokens(writer, model_dir, vocab_size), False
     else:
-        n_tokens, has_merges = add_bpe_tokens(writer, model_dir, vocab_size)
+        n_tokens, has_merges = add_bpe_tokens(writer, tokenizer, model_dir, vocab_size)
     # special ids, add_bos/add_eos and the chat template: the gguf package's reader, for both kinds
     special = gguf.SpecialVocab(model_dir, load_merges=has_merges, n_vocab=n_tokens)
     special.add_to_gguf(writer, quiet=True)
